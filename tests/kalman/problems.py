@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import hypothesis.extra.numpy as hnp
 import numpy as np
 import torch
+from hypothesis import strategies as st
 
 from estimator import Belief, LatentObservation, LinearTransition
 from tests.kalman.reference import LGSSM
@@ -94,4 +96,35 @@ def random_problem(rng: np.random.Generator, batch: int, steps: int, latent: int
         w=w,
         r=r,
         valid=valid,
+    )
+
+
+@st.composite
+def diag_problems(draw, log10_var: tuple[float, float] = (-2.0, 2.0),
+                  a_range: tuple[float, float] = (-1.5, 1.5),
+                  log10_scale: tuple[float, float] = (-1.0, 1.0),
+                  max_batch: int = 3, max_steps: int = 6, max_latent: int = 3,
+                  max_sensors: int = 3) -> DiagProblem:
+    """Hypothesis strategy: sizes, per-element variances 10^x with x in ``log10_var``
+    (p0, q and r independently), a in ``a_range``, means/offsets/observations of magnitude
+    up to 10^``log10_scale[1]``, and an arbitrary validity mask."""
+    k = draw(st.integers(1, max_sensors))
+    b = draw(st.integers(1, max_batch))
+    t = draw(st.integers(1, max_steps))
+    l = draw(st.integers(1, max_latent))
+
+    def floats(shape, low, high):
+        return draw(hnp.arrays(np.float64, shape, elements=st.floats(low, high)))
+
+    def variances(shape):
+        return 10.0 ** floats(shape, *log10_var)
+
+    def values(shape):
+        return floats(shape, -1.0, 1.0) * 10.0 ** floats(shape, *log10_scale)
+
+    return DiagProblem(
+        m0=values((b, l)), p0=variances((b, l)),
+        a=floats((b, t - 1, l), *a_range), b=values((b, t - 1, l)), q=variances((b, t - 1, l)),
+        w=values((k, b, t, l)), r=variances((k, b, t, l)),
+        valid=draw(hnp.arrays(np.bool_, (k, b, t))),
     )
