@@ -91,6 +91,14 @@ def predictive_log_prob(prior: Belief, observation: LatentObservation) -> Tensor
     return per_dim.sum(-1) * observation.valid.to(per_dim.dtype)
 
 
+def _check_sensor_list(observations: Sequence[LatentObservation]) -> None:
+    # A LatentObservation is itself a tuple (of tensors): passing one where a list of
+    # them is expected would otherwise fail later with an unrelated AttributeError.
+    if isinstance(observations, LatentObservation):
+        raise ValueError("observations must be a sequence of LatentObservation (one per "
+                         "sensor), got a single LatentObservation: wrap it in a list")
+
+
 def fuse(prior: Belief, observations: Sequence[LatentObservation], validate: bool = True
          ) -> Belief:
     """Sequential multi-sensor fusion (paper Sec. 3.6): one masked update per sensor, in order.
@@ -98,6 +106,7 @@ def fuse(prior: Belief, observations: Sequence[LatentObservation], validate: boo
     With identity observation models the result equals a single update with the
     combined precision of the present sensors, whatever the order.
     """
+    _check_sensor_list(observations)
     belief = prior
     for k, obs in enumerate(observations):
         if validate:
@@ -152,12 +161,16 @@ def kalman_filter(
             faster forward + backward once compiled, but the first call per shape
             compiles for ~20 s; worth it for long training runs, see bench/kalman.py).
     """
+    _check_sensor_list(observations)
     if not observations:
         raise ValueError("observations must hold at least one sensor")
     shape = observations[0].mean.shape
     if len(shape) != 3:
         raise ValueError(f"observations[0].mean (shape {tuple(shape)}) must be [B, T, L]")
     batch, steps, latent = shape
+    if steps == 0:
+        raise ValueError(f"observations[0].mean (shape {tuple(shape)}) must have at least one "
+                         "step (T >= 1)")
     if validate:
         check_belief("initial", initial, (batch, latent))
         for k, obs in enumerate(observations):
