@@ -19,6 +19,7 @@ import numpy as np
 
 from training.envs.base import Obs
 from training.envs.registry import task_config
+from training.envs.rendering import configure_headless_rendering
 
 _RESET, _STEP, _CLOSE, _INFO = "reset", "step", "close", "info"
 _OK, _ERROR = "ok", "error"
@@ -84,6 +85,8 @@ class ParallelEnvs:
         if len(seeds) < 1:
             raise ValueError("need at least one seed")
         task_config(name, **overrides)  # fail fast, in the parent, on bad names/overrides
+        # Choose the GL backend here so that workers inherit MUJOCO_GL instead of probing.
+        configure_headless_rendering()
         self.timeout_s = timeout_s
         self._closed = False
         context = _context()
