@@ -107,3 +107,22 @@ def test_missing_key_and_wrong_shape_are_named():
 def test_unknown_model_lists_the_valid_ones():
     with pytest.raises(ValueError, match=r"choose one of.*mcd_rssm.*vrkn"):
         make_world_model("transformer", SENSOR_SETS["pixels"], ACTION_DIM)
+
+
+def test_masked_image_likelihood_ignores_occluded_pixels():
+    from estimator.networks import masked_image_nll
+
+    g = torch.Generator().manual_seed(0)
+    pred = torch.rand(2, 3, 64, 64, generator=g)
+    target = torch.rand(2, 3, 64, 64, generator=g)
+    mask = torch.rand(2, 64, 64, generator=g) > 0.5
+    changed = target.clone()
+    changed[~mask.unsqueeze(1).expand_as(target)] += 10.0  # only occluded pixels change
+    torch.testing.assert_close(masked_image_nll(pred, target, mask),
+                               masked_image_nll(pred, changed, mask))
+    # Scaled to the full pixel count: a fully visible mask equals no mask.
+    full = torch.ones(2, 64, 64, dtype=torch.bool)
+    torch.testing.assert_close(masked_image_nll(pred, target, full),
+                               masked_image_nll(pred, target, None))
+    assert not torch.allclose(masked_image_nll(pred, changed, None),
+                              masked_image_nll(pred, target, None))
