@@ -1,0 +1,174 @@
+"""Command line of ``python -m training.dreamer`` and ``python -m training.planet``.
+
+Every config key is an option (``--task``, ``--replay.batch 16``, ``--log.video false``);
+``--preset`` applies named presets in order; ``--wm KEY=VALUE`` overrides the world model's
+config. A run directory (``--logdir``) that already holds a run is continued when the
+config matches (as with ``--resume DIR``) and refused, with the differences, when it does
+not. Bad input fails before any work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from training.config import (
+    RESUMABLE,
+    ConfigError,
+    RunConfig,
+    field_types,
+    format_diff,
+    from_json,
+    incompatible,
+    parse_value,
+)
+from training.presets import describe, resolve
+
+EXIT_CONFIG, EXIT_NONFINITE = 2, 3
+
+
+def build_parser(agent: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=f"python -m training.{agent}",
+        description=f"Train a world model and a {agent.capitalize()} agent on a task of the "
+        "multi-rate DMC suite. Config = defaults (the paper's reference settings) < presets "
+        "< options. The run directory gets config.json, metrics.jsonl, tb/, episodes/, "
+        "videos/ and checkpoint.pt.",
+        epilog="presets:\n" + describe() + "\n\nresumable keys (may change on --resume): "
+        + ", ".join(RESUMABLE),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", action="append", default=[], metavar="NAME",
+                   help="apply a preset (repeatable, in order); see the list below")
+    p.add_argument("--logdir", type=Path, default=None, metavar="DIR",
+                   help="run directory (default runs/<task>-<model>-<agent>-s<seed>-<time>); "
+                   "an existing run with the same config is continued")
+    p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR with its saved config (options may change "
+                   "only the resumable keys)")
+    p.add_argument("--wm", action="append", default=[], metavar="KEY=VALUE",
+                   help="world-model config override (repeatable), e.g. --wm latent=64 "
+                   "--wm conv.depth=16")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config as JSON and exit")
+    group = p.add_argument_group("config options (dotted keys; default in brackets)")
+    for key, (typ, default, text) in field_types().items():
+        if key == "wm":
+            continue
+        metavar = {bool: "BOOL", int: "INT", float: "FLOAT"}.get(typ, "STR")
+        group.add_argument(f"--{key}", dest=key, default=argparse.SUPPRESS, metavar=metavar,
+                           help=f"{text} [{default}]")
+    return p
+
+
+def parse_wm(items: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--wm expects KEY=VALUE, got {item!r}")
+        key, text = item.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            out[key.strip()] = text
+    return out
+
+
+def parse_args(argv: Sequence[str] | None, agent: str
+               ) -> tuple[argparse.Namespace, dict[str, Any]]:
+    parser = build_parser(agent)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        options = [f"--{k}" for k in field_types() if k != "wm"] + [
+            "--preset", "--logdir", "--resume", "--wm", "--print-config"]
+        hints = []
+        for item in unknown:
+            close = difflib.get_close_matches(item.split("=")[0], options, n=3)
+            hints.append(f"{item}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        raise ConfigError(f"unknown option(s): {'; '.join(hints)}. Valid options: "
+                          f"{', '.join(options)} (see --help)")
+    overrides = {key: parse_value(getattr(args, key), typ, key)
+                 for key, (typ, _, _) in field_types().items()
+                 if key != "wm" and hasattr(args, key)}
+    return args, overrides
+
+
+def load_run_config(run_dir: Path) -> RunConfig:
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        raise ConfigError(f"{run_dir} is not a run directory (no config.json)")
+    try:
+        return from_json(json.loads(path.read_text()))
+    except (json.JSONDecodeError, ConfigError, TypeError) as error:
+        raise ConfigError(f"cannot read {path}: {error}") from None
+
+
+def default_logdir(config: RunConfig) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{config.task}-{config.model}-{config.agent}-s{config.seed}-{stamp}"
+
+
+def resolve_run(argv: Sequence[str] | None, agent: str
+                ) -> tuple[RunConfig, Path | None, argparse.Namespace]:
+    """The config and run directory of a command line (None: --print-config only)."""
+    args, overrides = parse_args(argv, agent)
+    if overrides.get("agent", agent) != agent:
+        raise ConfigError(f"python -m training.{agent} runs agent {agent!r}; "
+                          f"got --agent {overrides['agent']}")
+    wm = parse_wm(args.wm)
+    if args.resume is not None and args.logdir is not None and args.resume != args.logdir:
+        raise ConfigError("give either --resume RUN_DIR or --logdir DIR, not both")
+    run_dir = args.resume if args.resume is not None else args.logdir
+    if args.resume is not None or (run_dir is not None and (run_dir / "config.json").exists()):
+        saved = load_run_config(run_dir)
+        if saved.agent != agent:
+            raise ConfigError(f"{run_dir} is a {saved.agent} run; use python -m "
+                              f"training.{saved.agent}")
+        if args.resume is not None:
+            config = resolve(args.preset, overrides, wm, base=saved)
+        else:
+            config = resolve([agent, *args.preset], overrides, wm)
+        changes = incompatible(saved, config)
+        if changes:
+            raise ConfigError(f"{run_dir} holds a run with an incompatible config; "
+                              f"differences:\n{format_diff(changes)}\nUse another --logdir, "
+                              "or --resume with only resumable changes")
+    else:
+        config = resolve([agent, *args.preset], overrides, wm)
+    if args.print_config:
+        return config, None, args
+    return config, Path(run_dir) if run_dir is not None else default_logdir(config), args
+
+
+def main(argv: Sequence[str] | None, agent: str) -> int:
+    try:
+        config, run_dir, _ = resolve_run(argv, agent)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    if run_dir is None:
+        from training.config import to_json
+
+        print(json.dumps(to_json(config), indent=2))
+        return 0
+    from training.agent import NonFiniteError
+    from training.loop import train
+
+    print(f"run directory: {run_dir}", file=sys.stderr)
+    try:
+        last = train(config, run_dir)
+    except NonFiniteError as error:
+        print(f"error: training stopped, {error}. Nothing was applied from this update; the "
+              f"last good checkpoint is {run_dir / 'checkpoint.pt'} (continue with --resume "
+              f"{run_dir} after fixing the cause, e.g. a lower learning rate).",
+              file=sys.stderr)
+        return EXIT_NONFINITE
+    summary = {k: round(v, 4) for k, v in last.items()
+               if k in ("eval/return", "train/return", "wm/loss", "fps", "updates_per_s")}
+    print(f"done: {run_dir} {json.dumps(summary)}", file=sys.stderr)
+    return 0
