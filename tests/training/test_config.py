@@ -1,0 +1,139 @@
+"""Config, presets and the command line: bad input fails before any work, naming choices."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from training.cli import build_parser, main, resolve_run
+from training.config import (
+    ConfigError,
+    RunConfig,
+    field_types,
+    from_json,
+    incompatible,
+    to_json,
+)
+from training.presets import PRESETS, VARIANTS, resolve
+
+
+def test_defaults_are_the_reference_settings():
+    c = RunConfig()
+    assert (c.replay.batch, c.replay.length) == (50, 50)
+    d = c.dreamer
+    assert (d.horizon, d.lam, d.discount) == (15, 0.95, 0.99)
+    assert (d.model_lr, d.actor_lr, d.value_lr, d.eps, d.grad_clip) == (6e-4, 8e-5, 8e-5,
+                                                                          1e-8, 100.0)
+    assert (d.hidden, d.layers, d.act, d.expl_noise) == (300, 3, "elu", 0.3)
+    loop = c.loop
+    assert (loop.train_steps, loop.collect_episodes, loop.prefill_episodes) == (100, 1, 5)
+    assert (loop.eval_every, loop.eval_episodes) == (20, 10)
+    assert c.env.episode_length == 1000
+    p = c.planet
+    assert (p.horizon, p.iterations, p.candidates, p.top_k, p.model_lr) == (12, 10, 1000, 100,
+                                                                          1e-3)
+
+
+def test_json_round_trip_and_required_keys():
+    c = resolve(["debug", "fusion-noise"], {"model": "rssm", "seed": 3}, {"deter": 20})
+    data = to_json(c)
+    assert {"task", "model", "seed", "agent"} <= set(data)
+    assert from_json(json.loads(json.dumps(data))) == c
+    assert c.wm["deter"] == 20 and c.wm["stoch"] == 8  # preset family overrides + explicit
+
+
+def test_presets_cover_the_paper_experiments():
+    for variant in VARIANTS:
+        for name in (variant, f"{variant}-noise"):
+            c = resolve([name])
+            assert name in PRESETS
+            assert c.task.endswith("-noise") == name.endswith("-noise")
+    assert resolve(["occlusion_walls"]).task == "cartpole_swingup-occlusion_walls"
+    for model in ("vrkn", "vrkn_no_dropout", "rssm", "smooth_rssm", "mcd_rssm"):
+        assert resolve(["fusion"], {"model": model}).model == model
+
+
+def test_planet_preset():
+    c = resolve(["planet"], {"task": "cheetah_run"})
+    assert c.agent == "planet" and c.wm == {"hidden": 200, "act": "elu"}
+    from training.config import agent_action_repeat
+
+    assert agent_action_repeat(c) == 4
+    assert agent_action_repeat(resolve(["planet"], {"task": "cartpole_swingup"})) == 8
+    assert agent_action_repeat(resolve([], {"task": "cartpole_swingup"})) == 2
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"presets": ["nope"]}, ["unknown preset 'nope'", "debug", "fusion"]),
+    ({"overrides": {"task": "cartpole_swingupp"}}, ["unknown task", "cartpole_swingup"]),
+    ({"overrides": {"model": "lstm"}}, ["unknown model 'lstm'", "rssm", "vrkn"]),
+    ({"overrides": {"agent": "sac"}}, ["unknown agent", "dreamer"]),
+    ({"overrides": {"replay.bach": 3}}, ["replay.bach", "replay.batch"]),
+    ({"wm": {"latnt": 3}}, ["wm.latnt", "latent"]),
+    ({"overrides": {"replay.batch": 0}}, ["replay.batch must be >= 1"]),
+    ({"overrides": {"replay.length": 600}}, ["longer than an episode"]),
+])
+def test_bad_input_names_the_choices(kwargs, words):
+    with pytest.raises(ConfigError) as error:
+        resolve(**kwargs)
+    for word in words:
+        assert word in str(error.value)
+
+
+def test_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit):
+        build_parser("dreamer").parse_args(["--help"])
+    text = capsys.readouterr().out
+    for key in field_types():
+        if key != "wm":
+            assert f"--{key}" in text, key
+    for name in PRESETS:
+        assert name in text
+    assert "--wm" in text and "--resume" in text and "--logdir" in text
+
+
+def test_unknown_option_fails_before_work(tmp_path, capsys):
+    code = main(["--replay.bach", "3", "--logdir", str(tmp_path / "run")], "dreamer")
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--replay.bach" in err and "--replay.batch" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_value_fails(capsys):
+    assert main(["--replay.batch", "many", "--print-config"], "dreamer") == 2
+    assert "replay.batch" in capsys.readouterr().err
+
+
+def test_print_config(capsys):
+    assert main(["--preset", "debug", "--task", "cartpole_swingup-fusion", "--wm",
+                 "latent=8", "--print-config"], "dreamer") == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["task"] == "cartpole_swingup-fusion" and data["wm"]["latent"] == 8
+    assert data["agent"] == "dreamer"
+
+
+def test_existing_run_with_other_config_is_refused(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    saved = resolve(["debug"])
+    (run / "config.json").write_text(json.dumps(to_json(saved)))
+    # Same config: continued. Other config: refused with the difference shown.
+    config, run_dir, _ = resolve_run(["--preset", "debug", "--logdir", str(run)], "dreamer")
+    assert config == saved and run_dir == run
+    with pytest.raises(ConfigError) as error:
+        resolve_run(["--preset", "debug", "--model", "rssm", "--logdir", str(run)], "dreamer")
+    assert "model: 'vrkn' (run) -> 'rssm' (now)" in str(error.value)
+    with pytest.raises(ConfigError, match=r"replay\.batch"):
+        resolve_run(["--resume", str(run), "--replay.batch", "7"], "dreamer")
+    # Resumable keys may change.
+    config, _, _ = resolve_run(["--resume", str(run), "--loop.steps", "900"], "dreamer")
+    assert config.loop.steps == 900 and not incompatible(saved, config)
+    with pytest.raises(ConfigError, match="dreamer run"):
+        resolve_run(["--resume", str(run)], "planet")
+
+
+def test_resume_needs_a_run_directory(tmp_path):
+    with pytest.raises(ConfigError, match="not a run directory"):
+        resolve_run(["--resume", str(tmp_path)], "dreamer")
