@@ -4,8 +4,9 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
-# Re-install when the dependency list changes.
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
+# Re-install when the dependency list or the set of top-level packages changes (the
+# editable install maps the packages that exist when it runs).
+STAMP := $(VENV)/.installed-$(shell (cat pyproject.toml; ls -d */__init__.py) | md5sum | cut -c1-12)
 # Headless MuJoCo rendering: EGL (default) and OSMesa (fallback).
 APT_PACKAGES := libegl1 libopengl0 libgl1-mesa-dri libosmesa6
 PYTEST_ARGS ?=
