@@ -129,3 +129,16 @@ def test_policy_restarts_the_filter_on_first_rows(tmp_path):
         assert RandomPolicy(2, np.random.default_rng(0))(obs).shape == (2, 2)
     finally:
         trainer.close()
+
+
+@pytest.mark.slow
+def test_parallel_collection(tmp_path):
+    run = tmp_path / "run"
+    assert main(["--preset", "debug", "--task", "cartpole_swingup-fusion", "--env.num_envs",
+                 "2", "--loop.collect_episodes", "2", "--loop.eval_episodes", "3",
+                 "--log.video", "false", "--logdir", str(run), "--log.progress", "false"],
+                "dreamer") == 0
+    records = read_metrics(run)
+    assert [r["train/episodes"] for r in records if "train/return" in r] == [4]
+    assert all(r["eval/episodes"] == 3 for r in records if "eval/return" in r)
+    assert len(list((run / "episodes").glob("*.npz"))) == 4
