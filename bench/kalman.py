@@ -17,20 +17,17 @@ Prints a table of medians and writes it to bench/results/kalman.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
+from results_io import machine_meta, write_results
 
 from estimator import Belief, LatentObservation, LinearTransition, kalman_filter, rts_smoother
 from estimator.parallel import parallel_filter, parallel_smoother
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def make_inputs(batch: int, steps: int, latent: int, device: str, seed: int = 0):
@@ -120,20 +117,13 @@ def main() -> None:
           f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores")
     sizes = [(50, 50, 230), (16, 1000, 230)]
     rows = [r for d in devices for r in run(sizes, args.repeats, d)]
-    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu": platform.processor() or platform.machine(), "loadavg_before": load,
-            "loadavg_after": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M")}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "kalman.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    lines = ["| device | B | T | L | variant | median (ms) | vs sequential |",
-             "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['device']} | {r['B']} | {r['T']} | {r['L']} | {r['variant']} | "
-              f"{r['median_s'] * 1e3:.1f} | {r['speedup_vs_sequential']:.2f}x |" for r in rows]
-    (RESULTS / "kalman.md").write_text(
-        "Filter + RTS smoother, forward + backward (bench/kalman.py)\n\n"
-        + "\n".join(lines) + f"\n\n{json.dumps(meta)}\n")
-    print(f"wrote {RESULTS / 'kalman.md'}")
-
+    meta = machine_meta(load, torch=torch.__version__, threads=torch.get_num_threads(),
+                        cpu=platform.processor() or platform.machine())
+    write_results("kalman", "Filter + RTS smoother, forward + backward (bench/kalman.py)",
+                  ["device", "B", "T", "L", "variant", "median (ms)", "vs sequential"],
+                  [[r["device"], r["B"], r["T"], r["L"], r["variant"],
+                    f"{r['median_s'] * 1e3:.1f}", f"{r['speedup_vs_sequential']:.2f}x"]
+                   for r in rows], rows, meta)
 
 if __name__ == "__main__":
     main()

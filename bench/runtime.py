@@ -11,7 +11,6 @@ interleaved so that machine load hits both alike. Writes bench/results/runtime.{
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from results_io import machine_meta, write_results
 
 from estimator.batch import SensorBatch, image_sensor, vector_sensor
 from estimator.models import make_world_model
@@ -26,7 +26,6 @@ from server.runtime import OnlineFilter, Reading, load_bundle
 from training.actor_critic import Actor
 from training.export import ExportInputs, export_bundle
 
-RESULTS = Path(__file__).resolve().parent / "results"
 P, A = 6, 6
 
 
@@ -124,20 +123,14 @@ def main() -> None:
                          "torch_median_ms": tm, "torch_p99_ms": tp, "speedup": tm / om})
             print(f"{name:20s} N={n:3d}  ORT median {om:7.3f} ms p99 {op:7.3f} | torch median "
                   f"{tm:7.3f} ms p99 {tp:7.3f} | torch/ORT {tm / om:5.1f}x", flush=True)
-    meta = {"providers": bundle.providers, "threads": args.threads, "calls": args.calls,
-            "loadavg_before": load, "loadavg_after": os.getloadavg(),
-            "date": time.strftime("%Y-%m-%d %H:%M")}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "runtime.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    lines = ["| call | N | ORT median ms | ORT p99 ms | torch median ms | torch p99 ms | "
-             "torch / ORT |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['case']} | {r['batch']} | {r['ort_median_ms']:.3f} | {r['ort_p99_ms']:.3f} "
-              f"| {r['torch_median_ms']:.3f} | {r['torch_p99_ms']:.3f} | {r['speedup']:.1f}x |"
-              for r in rows]
-    (RESULTS / "runtime.md").write_text("Bundle runtime vs torch eager (bench/runtime.py)\n\n"
-                                        + "\n".join(lines) + f"\n\n{json.dumps(meta)}\n")
-    print(f"wrote {RESULTS / 'runtime.md'}")
-
+    meta = machine_meta(load, providers=bundle.providers, threads=args.threads,
+                        calls=args.calls)
+    write_results("runtime", "Bundle runtime vs torch eager (bench/runtime.py)",
+                  ["call", "N", "ORT median ms", "ORT p99 ms", "torch median ms", "torch p99 ms",
+                   "torch / ORT"],
+                  [[r["case"], r["batch"], f"{r['ort_median_ms']:.3f}", f"{r['ort_p99_ms']:.3f}",
+                    f"{r['torch_median_ms']:.3f}", f"{r['torch_p99_ms']:.3f}",
+                    f"{r['speedup']:.1f}x"] for r in rows], rows, meta)
 
 if __name__ == "__main__":
     main()

@@ -25,8 +25,9 @@ import sys
 import time
 from pathlib import Path
 
+from results_io import machine_meta, write_results
+
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
 TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 32)}
 PROPRIO_DIM, ACTION_DIM = 6, 6
 
@@ -136,19 +137,11 @@ def main() -> None:
         print(f"{first[0]:16s} {first[1]:6s} B={first[2]:3d} T=50  malloc {label:7s} median "
               f"{row['median_s']:7.2f} s", flush=True)
 
-    RESULTS.mkdir(exist_ok=True)
-    meta = {"loadavg_before": load, "loadavg_after": os.getloadavg(),
-            "date": time.strftime("%Y-%m-%d %H:%M"), "cores": os.cpu_count()}
-    (RESULTS / "world_model.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    lines = ["| model | batch | B | T | valid frames | median s/update | peak RSS MB | malloc |",
-             "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['batch']} | {r['B']} | {r['T']} | {r['valid_frames']} | "
-              f"{r['median_s']:.2f} | {r['peak_rss_mb']:.0f} | {r['malloc']} |" for r in rows]
-    (RESULTS / "world_model.md").write_text(
-        "One world-model update: forward, backward, Adam (bench/world_model.py), CPU\n\n"
-        + "\n".join(lines) + f"\n\n{json.dumps(meta)}\n")
-    print(f"wrote {RESULTS / 'world_model.md'}")
-
+    write_results(
+        "world_model", "One world-model update: forward, backward, Adam (bench/world_model.py)",
+        ["model", "batch", "B", "T", "valid frames", "median s/update", "peak RSS MB", "malloc"],
+        [[r["model"], r["batch"], r["B"], r["T"], r["valid_frames"], f"{r['median_s']:.2f}",
+          f"{r['peak_rss_mb']:.0f}", r["malloc"]] for r in rows], rows, machine_meta(load))
 
 if __name__ == "__main__":
     main()

@@ -15,7 +15,6 @@ numpy (``server.runtime``).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -35,6 +34,7 @@ import torch
 from torch import nn
 
 from estimator.vrkn import VRKN
+from server.runtime.bundle import sha256
 from training.export_graphs import (
     ActorGraph,
     DecoderGraph,
@@ -69,14 +69,6 @@ def code_version() -> str:
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _example_inputs(model: VRKN, name: str, g: torch.Generator) -> dict[str, torch.Tensor]:

@@ -18,7 +18,8 @@ CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 
 
-def _sha256(path: Path) -> str:
+def sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -133,7 +134,7 @@ def load_bundle(path: str | Path, providers: str | Sequence[str] = "auto",
         fpath = path / file
         if not fpath.is_file():
             raise BundleError(f"{fpath}: missing (listed in manifest.json)")
-        if _sha256(fpath) != digest:
+        if sha256(fpath) != digest:
             raise BundleError(f"{fpath}: SHA-256 does not match manifest.json (the file was "
                               "altered or belongs to another bundle)")
     ort = _ort()
