@@ -1,0 +1,320 @@
+"""The HTTP transport (FastAPI): the same operations as gRPC in JSON, OpenAPI at /docs,
+/healthz, /readyz and /metrics. Thin: request models in, ``server.service`` calls, response
+models out; ``server.errors`` map to status codes with ``{"error": {code, reason, message}}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+
+from server.auth import check_bearer
+from server.errors import InvalidArgument, ServiceError
+from server.payloads import Payload
+from server.service import EstimatorService, SensorMessageIn
+from server.session import Ack, ActionView, BeliefView, SessionInfo
+
+
+# -- request and response bodies -------------------------------------------------------
+class RawArray(BaseModel):
+    shape: list[int]
+    dtype: str = Field(description="uint8 (images) or float32 (vectors)")
+    data_base64: str = Field(description="the array's bytes, little-endian, C order")
+
+
+class MessageBody(BaseModel):
+    sensor: str
+    timestamp: float = Field(description="seconds on the session's clock")
+    sequence: int = Field(0, description="echoed in the ack")
+    image_base64: str | None = Field(None, description="a PNG or JPEG image, base64")
+    values: list[Any] | None = Field(None, description="a vector, or nested lists for a raw "
+                                                       "image (H x W x C, 0..255)")
+    raw: RawArray | None = None
+    return_belief: bool = Field(False, description="answer with the belief at this tick")
+
+
+class CreateSessionBody(BaseModel):
+    model: str | None = None
+    start_time: float | None = None
+    history_window_s: float | None = None
+
+
+class ResetBody(BaseModel):
+    start_time: float | None = None
+
+
+class ActionReportBody(BaseModel):
+    timestamp: float
+    values: list[float]
+
+
+class ActionRequestBody(BaseModel):
+    timestamp: float
+
+
+class SensorOut(BaseModel):
+    name: str
+    kind: str
+    shape: list[int]
+    dtype: str
+    decoded: bool
+
+
+class ModelOut(BaseModel):
+    name: str
+    is_default: bool
+    control_period_s: float
+    latent_size: int
+    action_size: int
+    action_low: list[float]
+    action_high: list[float]
+    sensors: list[SensorOut]
+    code_version: str
+    manifest_sha256: str
+
+
+class SessionOut(BaseModel):
+    session_id: str
+    model: str
+    control_period_s: float
+    history_window_s: float
+    start_time: float | None
+    newest_tick: int
+    newest_time: float | None
+    accepted: dict[str, int]
+    refused: dict[str, int]
+    superseded: int
+    actions: int
+    replayed_ticks: int
+    idle_s: float
+
+
+class BeliefOut(BaseModel):
+    session_id: str
+    timestamp: float | None
+    tick: int
+    newest_tick: int
+    predicted: bool
+    mean: list[float]
+    var: list[float]
+    decoded: dict[str, list[float]]
+    reward: float
+
+
+class AckOut(BaseModel):
+    sequence: int
+    session_id: str
+    sensor: str
+    tick: int
+    applied: bool
+    newest_tick: int
+    belief: BeliefOut | None = None
+
+
+class ActionOut(BaseModel):
+    session_id: str
+    timestamp: float
+    tick: int
+    values: list[float]
+    source: str
+    recorded: bool
+
+
+def session_out(i: SessionInfo) -> SessionOut:
+    return SessionOut(session_id=i.id, model=i.model, control_period_s=i.control_period_s,
+                      history_window_s=i.history_window_s, start_time=i.start_time,
+                      newest_tick=i.newest_tick, newest_time=i.newest_time,
+                      accepted=i.accepted, refused=i.refused, superseded=i.superseded,
+                      actions=i.actions, replayed_ticks=i.replayed_ticks, idle_s=i.idle_s)
+
+
+def belief_out(b: BeliefView) -> BeliefOut:
+    return BeliefOut(session_id=b.session_id, timestamp=b.timestamp, tick=b.tick,
+                     newest_tick=b.newest_tick, predicted=b.predicted, mean=b.mean.tolist(),
+                     var=b.var.tolist(), decoded={k: v.tolist() for k, v in b.decoded.items()},
+                     reward=b.reward)
+
+
+def action_out(a: ActionView) -> ActionOut:
+    return ActionOut(session_id=a.session_id, timestamp=a.timestamp, tick=a.tick,
+                     values=a.values.tolist(), source=a.source, recorded=a.recorded)
+
+
+def _b64(text: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidArgument(f"{what} is not valid base64", "bad_encoding") from None
+
+
+def payload_of(body: MessageBody) -> Payload:
+    given = [n for n in ("image_base64", "values", "raw") if getattr(body, n) is not None]
+    if len(given) > 1:
+        raise InvalidArgument(f"a message carries one payload; got {given}", "bad_payload")
+    if body.image_base64 is not None:
+        return Payload("encoded", data=_b64(body.image_base64, "image_base64"))
+    if body.raw is not None:
+        return Payload("raw", data=_b64(body.raw.data_base64, "raw.data_base64"),
+                       shape=tuple(body.raw.shape), dtype=body.raw.dtype)
+    if body.values is not None:
+        return Payload("values", values=body.values)
+    return Payload("none")
+
+
+def error_response(e: ServiceError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if e.http_status == 401 else None
+    return JSONResponse({"error": {"code": e.grpc_code, "reason": e.reason,
+                                   "message": e.message}}, e.http_status, headers=headers)
+
+
+# -- the app -----------------------------------------------------------------------------
+async def get_service(request: Request) -> EstimatorService:
+    return request.app.state.service
+
+
+Service = Annotated[EstimatorService, Depends(get_service)]
+
+
+async def require_token(request: Request, service: Service) -> None:
+    try:
+        check_bearer(service.settings.token_value, request.headers.get("authorization"))
+    except ServiceError as e:
+        service.metrics.refused.labels(e.reason).inc()
+        raise
+
+
+async def body_limit(request: Request, service: Service) -> None:
+    """Refuse bodies above the message limit (base64 adds a third) before reading them."""
+    length = request.headers.get("content-length")
+    limit = service.settings.max_message_bytes * 4 // 3 + (64 << 10)
+    if length is not None and length.isdigit() and int(length) > limit:
+        service.metrics.refused.labels("too_large").inc()
+        raise _TooLarge(f"request body is {length} bytes, above the limit of {limit}")
+
+
+class _TooLarge(ServiceError):
+    grpc_code, http_status, default_reason = "INVALID_ARGUMENT", 413, "too_large"
+
+
+def build_router() -> APIRouter:
+    api = APIRouter(prefix="/v1", dependencies=[Depends(require_token)])
+
+    @api.get("/models", response_model=list[ModelOut])
+    async def list_models(service: Service):
+        default = service.registry.default_model
+        out = []
+        for m in service.models.values():
+            man = m.manifest
+            out.append(ModelOut(
+                name=m.name, is_default=m.name == default, control_period_s=man.control_period,
+                latent_size=man.latent_size, action_size=man.action_size,
+                action_low=man.action_low.tolist(), action_high=man.action_high.tolist(),
+                sensors=[SensorOut(name=s.name, kind=s.kind, shape=list(s.shape),
+                                   dtype=str(s.dtype),
+                                   decoded=s.kind == "vector" and m.bundle.has_decoder(s.name))
+                         for s in man.sensors],
+                code_version=man.code_version, manifest_sha256=m.digest))
+        return out
+
+    @api.post("/sessions", response_model=SessionOut, status_code=201)
+    async def create_session(body: CreateSessionBody, service: Service):
+        with service.metrics.timed("create", "http"):
+            return session_out(service.create_session(body.model, body.start_time,
+                                                      body.history_window_s))
+
+    @api.get("/sessions/{session_id}", response_model=SessionOut)
+    async def describe_session(session_id: str, service: Service):
+        with service.metrics.timed("describe", "http"):
+            return session_out(service.describe_session(session_id))
+
+    @api.post("/sessions/{session_id}/reset", response_model=SessionOut)
+    async def reset_session(session_id: str, body: ResetBody, service: Service):
+        with service.metrics.timed("reset", "http"):
+            return session_out(service.reset_session(session_id, body.start_time))
+
+    @api.delete("/sessions/{session_id}", status_code=204)
+    async def close_session(session_id: str, service: Service):
+        with service.metrics.timed("close", "http"):
+            service.close_session(session_id)
+        return Response(status_code=204)
+
+    @api.post("/sessions/{session_id}/messages", response_model=AckOut,
+              dependencies=[Depends(body_limit)])
+    async def send_message(session_id: str, body: MessageBody, service: Service):
+        with service.metrics.timed("message", "http"):
+            try:
+                payload = payload_of(body)
+            except ServiceError as e:
+                service.metrics.refused.labels(e.reason).inc()
+                raise
+            ack, belief = await service.send_message(SensorMessageIn(
+                session_id, body.sensor, body.timestamp, payload, body.return_belief), "http")
+            return ack_out(ack, body.sequence, belief)
+
+    @api.post("/sessions/{session_id}/actions", response_model=ActionOut)
+    async def report_action(session_id: str, body: ActionReportBody, service: Service):
+        with service.metrics.timed("report_action", "http"):
+            return action_out(service.report_action(session_id, body.timestamp, body.values))
+
+    @api.post("/sessions/{session_id}/policy", response_model=ActionOut)
+    async def get_action(session_id: str, body: ActionRequestBody, service: Service):
+        with service.metrics.timed("get_action", "http"):
+            return action_out(service.policy_action(session_id, body.timestamp))
+
+    @api.get("/sessions/{session_id}/belief", response_model=BeliefOut)
+    async def get_belief(session_id: str, service: Service,
+                   t: Annotated[float | None, Query(description="time; omitted: the newest "
+                                                                "tick")] = None):
+        with service.metrics.timed("belief", "http"):
+            return belief_out(service.belief(session_id, t))
+
+    return api
+
+
+def ack_out(ack: Ack, sequence: int, belief: BeliefView | None) -> AckOut:
+    return AckOut(sequence=sequence, session_id=ack.session_id, sensor=ack.sensor,
+                  tick=ack.tick, applied=ack.applied, newest_tick=ack.newest_tick,
+                  belief=belief_out(belief) if belief is not None else None)
+
+
+def create_app(service: EstimatorService) -> FastAPI:
+    app = FastAPI(title="VRKN estimation service", version="1",
+                  description="Online multi-rate fusion with a learned latent Kalman filter. "
+                              "Session rules: docs/service.md.")
+    app.state.service = service
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, e: ServiceError):
+        return error_response(e)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, e: RequestValidationError):
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+                             for err in e.errors())
+        service.metrics.refused.labels("bad_request").inc()
+        return JSONResponse({"error": {"code": "INVALID_ARGUMENT", "reason": "bad_request",
+                                       "message": problems}}, 422)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz(service: Service):
+        if not service.ready:
+            return JSONResponse({"status": "not ready"}, 503)
+        return {"status": "ready", "models": list(service.models),
+                "sessions": len(service.registry.sessions)}
+
+    @app.get("/metrics", tags=["health"], dependencies=[Depends(require_token)])
+    async def metrics(service: Service):
+        return Response(service.metrics.render(), media_type=service.metrics.content_type)
+
+    app.include_router(build_router())
+    return app

@@ -1,0 +1,55 @@
+"""Prometheus metrics of one server (its own registry: no global state)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05,
+                   0.1, 0.25, 0.5, 1.0, 2.5)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, active_sessions: Callable[[], int] = lambda: 0):
+        self.registry = r = CollectorRegistry()
+        self.messages = Counter("vrkn_messages", "Sensor messages accepted",
+                                ["sensor", "transport"], registry=r)
+        self.refused = Counter("vrkn_refused", "Requests refused, by reason", ["reason"],
+                               registry=r)
+        self.latency = Histogram("vrkn_request_seconds", "Request handling time in the server",
+                                 ["op", "transport"], buckets=LATENCY_BUCKETS, registry=r)
+        self.sessions = Gauge("vrkn_active_sessions", "Sessions open", registry=r)
+        self.sessions.set_function(active_sessions)
+        self.expired = Counter("vrkn_sessions_expired", "Sessions closed for idleness",
+                               registry=r)
+        self.batch_size = Histogram("vrkn_encoder_batch_size", "Messages per encoder run",
+                                    ["encoder"], buckets=BATCH_BUCKETS, registry=r)
+        self.encode_seconds = Histogram("vrkn_encoder_seconds", "Encoder run time",
+                                        ["encoder"], buckets=LATENCY_BUCKETS, registry=r)
+
+    @contextmanager
+    def timed(self, op: str, transport: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.latency.labels(op, transport).observe(time.perf_counter() - start)
+
+    def batch_observer(self, encoder: str) -> Callable[[int, float], None]:
+        size, seconds = self.batch_size.labels(encoder), self.encode_seconds.labels(encoder)
+
+        def observe(n: int, dt: float) -> None:
+            size.observe(n)
+            seconds.observe(dt)
+
+        return observe
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,195 @@
+"""The operations both transports offer, on the session registry: payload decoding,
+encoding (batched for images), back-pressure limits, metrics, idle expiry and the
+snapshot on shutdown / restore on start. Transport-neutral and async (one event loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from server import snapshot
+from server.batcher import EncodeBatcher
+from server.errors import InvalidArgument, ResourceExhausted, ServiceError
+from server.metrics import Metrics
+from server.models import Model
+from server.payloads import Payload, PayloadLimits, decode_payload
+from server.session import Ack, ActionView, BeliefView, Limits, SessionInfo, SessionRegistry
+from server.settings import Settings
+
+log = logging.getLogger("server")
+
+
+@dataclass(frozen=True)
+class SensorMessageIn:
+    session_id: str
+    sensor: str
+    timestamp: float
+    payload: Payload
+    return_belief: bool = False
+
+
+class EstimatorService:
+    def __init__(self, models: dict[str, Model], settings: Settings,
+                 clock: Callable[[], float] = time.monotonic):
+        self.settings = s = settings
+        self.registry = SessionRegistry(models, Limits(
+            max_sessions=s.max_sessions, history_window_s=s.history_window_s,
+            max_history_window_s=s.max_history_window_s, max_gap_s=s.max_gap_s,
+            idle_timeout_s=s.idle_timeout_s, max_pending_per_session=s.max_pending_per_session),
+            clock=clock)
+        self.metrics = Metrics(lambda: len(self.registry.sessions))
+        self.payload_limits = PayloadLimits(s.max_message_bytes, s.max_image_pixels)
+        self.batchers: dict[tuple[str, str], EncodeBatcher] = {}
+        self.ready = False
+        self._executor: ThreadPoolExecutor | None = None
+        self._expiry: asyncio.Task | None = None
+
+    @property
+    def models(self) -> dict[str, Model]:
+        return self.registry.models
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        s = self.settings
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="encoder")
+        for model in self.models.values():
+            for info in model.manifest.sensors:
+                if info.kind != "image":
+                    continue  # vector encoders are tiny: they run inline
+                name = f"{model.name}/{info.name}"
+                b = EncodeBatcher(name, partial(model.encode, info.name), self._executor,
+                                  max_batch=s.batch_max, window_s=s.batch_window_ms / 1000,
+                                  max_queue=s.max_queue, observe=self.metrics.batch_observer(name))
+                b.start()
+                self.batchers[model.name, info.name] = b
+        if s.snapshot_path is not None and Path(s.snapshot_path).is_file():
+            self.restore(Path(s.snapshot_path))
+        self._expiry = asyncio.get_running_loop().create_task(self._expire_loop())
+        self.ready = True
+
+    async def stop(self) -> None:
+        """Stop taking work, save the sessions (when a snapshot path is set)."""
+        self.ready = False
+        if self._expiry is not None:
+            self._expiry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expiry
+        for b in self.batchers.values():
+            await b.stop()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        if self.settings.snapshot_path is not None:
+            n = snapshot.save(self.registry, Path(self.settings.snapshot_path))
+            log.info("saved %d sessions to %s", n, self.settings.snapshot_path)
+
+    def restore(self, path: Path) -> int:
+        try:
+            n, skipped = snapshot.restore(self.registry, path)
+        except (ValueError, KeyError, OSError) as e:
+            log.error("cannot restore sessions from %s: %s", path, e)
+            return 0
+        for reason in skipped:
+            log.warning("not restored: %s", reason)
+        log.info("restored %d sessions from %s", n, path)
+        path.replace(path.with_name(path.name + ".restored"))  # never restored twice
+        return n
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.expiry_interval_s)
+            gone = self.registry.expire_idle()
+            if gone:
+                self.metrics.expired.inc(len(gone))
+                log.info("expired %d idle sessions", len(gone))
+
+    @contextlib.contextmanager
+    def counting(self) -> Iterator[None]:
+        """Count refusals in the ``refused`` metric."""
+        try:
+            yield
+        except ServiceError as e:
+            self.metrics.refused.labels(e.reason).inc()
+            raise
+
+    # -- operations -----------------------------------------------------------------------
+    def is_batched(self, session_id: str, sensor: str) -> bool:
+        """Whether this session's messages of ``sensor`` go through an encoder batch (so a
+        transport may process them concurrently). False for unknown ids."""
+        session = self.registry.sessions.get(session_id)
+        return session is not None and (session.model.name, sensor) in self.batchers
+
+    def create_session(self, model: str | None = None, start_time: float | None = None,
+                       history_window_s: float | None = None) -> SessionInfo:
+        with self.counting():
+            s = self.registry.create(model, start_time, history_window_s)
+            return self.registry.describe(s.id)
+
+    def describe_session(self, session_id: str) -> SessionInfo:
+        with self.counting():
+            return self.registry.describe(session_id)
+
+    def reset_session(self, session_id: str, start_time: float | None = None) -> SessionInfo:
+        with self.counting():
+            self.registry.reset(session_id, start_time)
+            return self.registry.describe(session_id)
+
+    def close_session(self, session_id: str) -> None:
+        with self.counting():
+            self.registry.close(session_id)
+
+    async def send_message(self, msg: SensorMessageIn, transport: str
+                           ) -> tuple[Ack, BeliefView | None]:
+        with self.counting():
+            session, info = self.registry.prepare_observation(msg.session_id, msg.sensor,
+                                                              msg.timestamp)
+            try:
+                x = decode_payload(info, msg.payload, self.payload_limits)
+                seq = session.next_seq()
+                batcher = self.batchers.get((session.model.name, info.name))
+                if batcher is None:
+                    w, var = session.model.encode(info.name, x[None])
+                else:
+                    if session.pending >= self.registry.limits.max_pending_per_session:
+                        raise ResourceExhausted(
+                            f"session {session.id!r} has {session.pending} messages waiting "
+                            "for the encoder (the per-session limit); retry later",
+                            "session_queue_full")
+                    session.pending += 1
+                    try:
+                        w, var = await batcher.encode(x)
+                    finally:
+                        session.pending -= 1
+                if not (np.isfinite(w).all() and np.isfinite(var).all()):
+                    raise InvalidArgument(f"sensor {info.name!r}: the encoder's output is not "
+                                          "finite (values far outside the training range?)",
+                                          "not_finite")
+            except ServiceError as e:
+                session.refused[e.reason] += 1
+                raise
+            ack = self.registry.record_observation(session, info.name, msg.timestamp, seq, w,
+                                                   var)
+            self.metrics.messages.labels(info.name, transport).inc()
+            belief = self.registry.belief(session.id, msg.timestamp) if msg.return_belief \
+                else None
+            return ack, belief
+
+    def report_action(self, session_id: str, timestamp: float, values) -> ActionView:
+        with self.counting():
+            return self.registry.report_action(session_id, timestamp, values)
+
+    def policy_action(self, session_id: str, timestamp: float) -> ActionView:
+        with self.counting():
+            return self.registry.policy_action(session_id, timestamp)
+
+    def belief(self, session_id: str, timestamp: float | None = None) -> BeliefView:
+        with self.counting():
+            return self.registry.belief(session_id, timestamp)

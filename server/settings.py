@@ -1,0 +1,80 @@
+"""Server settings: environment variables (prefix ``VRKN_``) or command-line flags
+(``python -m server --help``); flags win. Read once through ``get_settings()``."""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VRKN_", extra="ignore")
+
+    bundle: list[str] = Field(default_factory=list,
+                              description="bundle folders, NAME=PATH or PATH; the first is "
+                                          "the default model (env: a JSON list)")
+    host: str = Field("127.0.0.1", description="address both servers listen on")
+    grpc_port: int = Field(50051, ge=-1, le=65535, description="0: any free port; -1: off")
+    http_port: int = Field(8000, ge=-1, le=65535, description="0: any free port; -1: off")
+    token: SecretStr | None = Field(None, description="bearer token; required when the "
+                                                      "host is not a loopback address")
+    providers: str = Field("cpu", description="ONNX Runtime providers: cpu, cuda or auto")
+    ort_threads: int = Field(1, ge=0, description="ONNX Runtime intra-op threads (0: ORT "
+                                                  "default)")
+    # Sessions.
+    max_sessions: int = Field(256, ge=1)
+    history_window_s: float = Field(1.0, gt=0)
+    max_history_window_s: float = Field(10.0, gt=0)
+    max_gap_s: float = Field(10.0, gt=0)
+    idle_timeout_s: float = Field(300.0, gt=0)
+    expiry_interval_s: float = Field(5.0, gt=0)
+    # Payloads and back-pressure.
+    max_message_bytes: int = Field(1 << 20, ge=1)
+    max_image_pixels: int = Field(1 << 20, ge=1)
+    max_pending_per_session: int = Field(32, ge=1, description="messages of one session "
+                                                               "waiting for an encoder")
+    max_queue: int = Field(1024, ge=1, description="messages waiting per encoder")
+    stream_inflight: int = Field(16, ge=1, description="messages of one gRPC stream being "
+                                                       "processed at once")
+    # Dynamic batching of image encodes.
+    batch_max: int = Field(64, ge=1)
+    batch_window_ms: float = Field(0.0, ge=0, description="wait this long for a batch to "
+                                                          "fill (0: batches form under load)")
+    # Restart.
+    snapshot_path: Path | None = Field(None, description="sessions are saved here on "
+                                                         "shutdown and restored on start")
+    ready_file: Path | None = Field(None, description="written (JSON: ports, pid) once "
+                                                      "serving")
+    grace_s: float = Field(5.0, ge=0, description="shutdown grace for in-flight calls")
+    log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _needs_token_beyond_loopback(self) -> Settings:
+        if not is_loopback(self.host) and self.token is None:
+            raise ValueError(f"host {self.host!r} is not a loopback address: set a bearer "
+                             "token (VRKN_TOKEN or --token)")
+        if self.grpc_port == -1 and self.http_port == -1:
+            raise ValueError("both servers are off (grpc_port and http_port are -1)")
+        return self
+
+    @property
+    def token_value(self) -> str | None:
+        return self.token.get_secret_value() if self.token is not None else None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
