@@ -54,6 +54,8 @@ class ReplayConfig:
 @dataclass(frozen=True)
 class DreamerConfig:
     horizon: int = opt(15, "imagination horizon")
+    imag_starts: int = opt(0, "imagination starts per update, a random subset of the batch's "
+                           "B*T filtered states; 0 = all (the reference)")
     discount: float = opt(0.99, "discount per agent step")
     lam: float = opt(0.95, "lambda of the lambda-returns")
     model_lr: float = opt(6e-4, "world-model learning rate")
@@ -361,7 +363,7 @@ def validate(config: RunConfig) -> RunConfig:
         if typ is float:
             _check(math.isfinite(flat[key]) and flat[key] >= 0,
                    f"{key} must be a finite number >= 0, got {flat[key]}")
-    for key in ("env.action_repeat", "replay.capacity", "threads"):
+    for key in ("env.action_repeat", "replay.capacity", "threads", "dreamer.imag_starts"):
         _check(flat[key] >= 0, f"{key} must be >= 0, got {flat[key]}")
     _check(0 < config.dreamer.discount <= 1, "dreamer.discount must be in (0, 1]")
     _check(0 <= config.dreamer.lam <= 1, "dreamer.lam must be in [0, 1]")

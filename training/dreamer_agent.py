@@ -1,10 +1,10 @@
 """The Dreamer agent (Hafner et al. 2020, V1) on any world model.
 
 One ``update``: a world-model step on the batch; imagination of ``horizon`` steps from the
-filtered (not smoothed) posteriors of the batch, detached, with MC dropout on; an actor step
-that maximises the discounted lambda-returns by backpropagating through the imagined
-dynamics (the world model's and critic's parameters take no gradient); a critic step that
-regresses the detached returns.
+filtered (not smoothed) posteriors of the batch (all B*T, or ``imag_starts`` of them),
+detached, with MC dropout on; an actor step that maximises the discounted lambda-returns by
+backpropagating through the imagined dynamics (the world model's and critic's parameters
+take no gradient); a critic step that regresses the detached returns.
 """
 
 from __future__ import annotations
@@ -41,6 +41,11 @@ class DreamerAgent(Agent):
         metrics = self.model_update(batch, generator)
         with torch.no_grad():
             start = flatten_states(self.model.observe(batch, generator))
+            count = self.config.imag_starts
+            total = start[0].shape[0]
+            if 0 < count < total:
+                keep = torch.randperm(total, generator=generator, device=start[0].device)[:count]
+                start = type(start)(*(x.index_select(0, keep) for x in start))
         metrics.update(self.behaviour_update(start, generator))
         return metrics
 

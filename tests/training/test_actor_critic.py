@@ -120,3 +120,19 @@ def test_full_update_returns_finite_metrics():
     metrics = agent.update(batch, torch.Generator().manual_seed(0))
     for key in ("wm/loss", "wm/kl", "actor/loss", "value/loss", "imag/return"):
         assert np.isfinite(metrics[key]), key
+
+
+def test_imagination_start_subset():
+    agent = _agent("vrkn")
+    agent.config = DreamerConfig(hidden=16, layers=2, horizon=4, imag_starts=3)
+    batch = agent.model.to_batch(synthetic_data("fusion", batch=2, steps=5))
+    seen = []
+    original = agent.behaviour_update
+
+    def spy(start, generator):
+        seen.append(start[0].shape[0])
+        return original(start, generator)
+
+    agent.behaviour_update = spy
+    agent.update(batch, torch.Generator().manual_seed(0))
+    assert seen == [3]
