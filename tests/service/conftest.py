@@ -56,3 +56,77 @@ def random_stream(ticks: int, seed: int = 0, image_every: int = 3):
         events.append(("act", "action", base + 0.04,
                        rng.uniform(-1, 1, 2).astype(np.float32)))
     return events
+
+
+# -- real servers on 127.0.0.1 -----------------------------------------------------------
+TOKEN = "test-token-3f9a"
+
+
+class ServerProcess:
+    """``python -m server`` in a subprocess on 127.0.0.1, free ports (port 0, reported in
+    the ready file)."""
+
+    def __init__(self, bundle_dir, workdir, *args: str, env: dict | None = None):
+        import json
+        import os
+        import subprocess
+        import sys
+        import time
+
+        self.ready_file = workdir / f"ready-{time.monotonic_ns()}.json"
+        self.log_path = workdir / f"server-{time.monotonic_ns()}.log"
+        cmd = [sys.executable, "-m", "server", "--bundle", f"tiny={bundle_dir}",
+               "--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0",
+               "--ready-file", str(self.ready_file), *args]
+        self._log = self.log_path.open("w")
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("VRKN_")}
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env=full_env, cwd=str(workdir))
+        deadline = time.monotonic() + 60
+        while not self.ready_file.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"server did not start:\n{self.log()}")
+            time.sleep(0.05)
+        info = json.loads(self.ready_file.read_text())
+        self.grpc_port, self.http_port = info["grpc_port"], info["http_port"]
+        self.grpc_target = f"127.0.0.1:{self.grpc_port}"
+        self.http_url = f"http://127.0.0.1:{self.http_port}"
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text()
+
+    def stop(self, timeout: float = 30) -> int:
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def server(bundle_dir, tmp_path_factory):
+    """A server that requires TOKEN, with small limits for the tests."""
+    proc = ServerProcess(bundle_dir, tmp_path_factory.mktemp("server"), "--token", TOKEN,
+                         "--max-sessions", "48", "--max-message-bytes", "100000",
+                         "--max-image-pixels", "40000")
+    yield proc
+    assert proc.stop() == 0, proc.log()
+
+
+def png(image: np.ndarray, fmt: str = "PNG") -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format=fmt)
+    return buf.getvalue()
