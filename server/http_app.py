@@ -189,13 +189,23 @@ async def require_token(request: Request, service: Service) -> None:
         raise
 
 
-async def body_limit(request: Request, service: Service) -> None:
-    """Refuse bodies above the message limit (base64 adds a third) before reading them."""
-    length = request.headers.get("content-length")
-    limit = service.settings.max_message_bytes * 4 // 3 + (64 << 10)
-    if length is not None and length.isdigit() and int(length) > limit:
-        service.metrics.refused.labels("too_large").inc()
-        raise _TooLarge(f"request body is {length} bytes, above the limit of {limit}")
+class BodyLimit:
+    """ASGI middleware: refuse a request whose Content-Length is above ``limit`` with 413
+    before its body is read (FastAPI would parse it first)."""
+
+    def __init__(self, app, limit: int, on_refuse):
+        self.app, self.limit, self.on_refuse = app, limit, on_refuse
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            for key, value in scope["headers"]:
+                if key == b"content-length" and value.isdigit() and int(value) > self.limit:
+                    self.on_refuse()
+                    e = _TooLarge(f"request body is {int(value)} bytes, above the limit of "
+                                  f"{self.limit}")
+                    await error_response(e)(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
 
 
 class _TooLarge(ServiceError):
@@ -244,8 +254,7 @@ def build_router() -> APIRouter:
             service.close_session(session_id)
         return Response(status_code=204)
 
-    @api.post("/sessions/{session_id}/messages", response_model=AckOut,
-              dependencies=[Depends(body_limit)])
+    @api.post("/sessions/{session_id}/messages", response_model=AckOut)
     async def send_message(session_id: str, body: MessageBody, service: Service):
         with service.metrics.timed("message", "http"):
             try:
@@ -317,4 +326,8 @@ def create_app(service: EstimatorService) -> FastAPI:
         return Response(service.metrics.render(), media_type=service.metrics.content_type)
 
     app.include_router(build_router())
+    # Base64 adds a third to a payload; JSON around it is small.
+    limit = service.settings.max_message_bytes * 4 // 3 + (64 << 10)
+    app.add_middleware(BodyLimit, limit=limit,
+                       on_refuse=lambda: service.metrics.refused.labels("too_large").inc())
     return app
