@@ -95,7 +95,8 @@ class ServerProcess:
         self.http_url = f"http://127.0.0.1:{self.http_port}"
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text()
 
     def stop(self, timeout: float = 30) -> int:
