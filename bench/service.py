@@ -99,6 +99,35 @@ def image_msg(sid: str, i: int, images: list[bytes], belief: bool = False) -> pb
                             return_belief=belief)
 
 
+class RawHTTP:
+    """A minimal HTTP/1.1 keep-alive JSON client on asyncio streams: httpx's own CPU cost
+    (about 2 ms per request with 64 connections) would otherwise be what is measured."""
+
+    async def open(self, url: str) -> RawHTTP:
+        host, port = url.removeprefix("http://").split(":")
+        self.reader, self.writer = await asyncio.open_connection(host, int(port))
+        return self
+
+    async def request(self, method: str, path: str, body: dict | None = None
+                      ) -> tuple[int, dict]:
+        data = b"" if body is None else json.dumps(body).encode()
+        self.writer.write(f"{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: "
+                          f"application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+                          .encode() + data)
+        status = int((await self.reader.readline()).split()[1])
+        length = 0
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode().partition(":")
+            if name.lower() == "content-length":
+                length = int(value)
+        payload = await self.reader.readexactly(length)
+        return status, (json.loads(payload) if payload else {})
+
+    async def close(self) -> None:
+        self.writer.close()
+        await self.writer.wait_closed()
+
+
 # -- one session, synchronous clients -------------------------------------------------------
 def grpc_single(target: str, kind: str, n: int, images: list[bytes], limit_s: float):
     import grpc
@@ -137,27 +166,8 @@ def grpc_single(target: str, kind: str, n: int, images: list[bytes], limit_s: fl
 
 
 def http_single(url: str, kind: str, n: int, images: list[bytes], limit_s: float):
-    import httpx
-
-    rng = np.random.default_rng(0)
-    b64 = [base64.b64encode(x).decode() for x in images]
-    lat = []
-    with httpx.Client(base_url=url) as http:
-        sid = http.post("/v1/sessions", json={"start_time": 0.0}).json()["session_id"]
-        deadline = time.monotonic() + limit_s
-        for i in range(n):
-            body = ({"sensor": "proprio", "timestamp": i * PERIOD, "return_belief": True,
-                     "values": rng.standard_normal(P).tolist()} if kind == "proprio" else
-                    {"sensor": "image", "timestamp": i * PERIOD + 0.001,
-                     "image_base64": b64[i % len(b64)]})
-            t = time.perf_counter()
-            r = http.post(f"/v1/sessions/{sid}/messages", json=body)
-            lat.append(time.perf_counter() - t)
-            assert r.status_code == 200, r.text
-            if time.monotonic() > deadline:
-                break
-        http.delete(f"/v1/sessions/{sid}")
-    return lat[len(lat) // 10:]
+    lat, _ = asyncio.run(http_many(url, kind, 1, n, images, limit_s))
+    return lat
 
 
 # -- many sessions, asyncio clients -----------------------------------------------------
@@ -197,34 +207,38 @@ async def grpc_many(target: str, kind: str, sessions: int, per_session: int,
     return flat, sum(len(x) for x in lats) / 0.9 / elapsed
 
 
-async def http_many(url: str, sessions: int, per_session: int, limit_s: float):
-    import httpx
+async def http_many(url: str, kind: str, sessions: int, per_session: int,
+                    images: list[bytes], limit_s: float):
+    """Each session on its own keep-alive connection (RawHTTP), closed loop."""
+    b64 = [base64.b64encode(x).decode() for x in images]
+    clients = [await RawHTTP().open(url) for _ in range(sessions)]
+    sids = [(await c.request("POST", "/v1/sessions", {"start_time": 0.0}))[1]["session_id"]
+            for c in clients]
+    deadline = time.monotonic() + limit_s
 
-    limits = httpx.Limits(max_connections=sessions, max_keepalive_connections=sessions)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as http:
-        sids = [(await http.post("/v1/sessions", json={"start_time": 0.0})).json()["session_id"]
-                for _ in range(sessions)]
-        deadline = time.monotonic() + limit_s
+    async def robot(j: int, sid: str) -> list[float]:
+        rng = np.random.default_rng(j)
+        lat = []
+        for i in range(per_session):
+            body = ({"sensor": "proprio", "timestamp": i * PERIOD, "return_belief": True,
+                     "values": rng.standard_normal(P).tolist()} if kind == "proprio" else
+                    {"sensor": "image", "timestamp": i * PERIOD + 0.001,
+                     "image_base64": b64[i % len(b64)]})
+            t = time.perf_counter()
+            status, reply = await clients[j].request("POST", f"/v1/sessions/{sid}/messages",
+                                                     body)
+            lat.append(time.perf_counter() - t)
+            assert status == 200, reply
+            if time.monotonic() > deadline:
+                break
+        return lat[len(lat) // 10:]
 
-        async def robot(j: int, sid: str) -> list[float]:
-            rng = np.random.default_rng(j)
-            lat = []
-            for i in range(per_session):
-                body = {"sensor": "proprio", "timestamp": i * PERIOD, "return_belief": True,
-                        "values": rng.standard_normal(P).tolist()}
-                t = time.perf_counter()
-                r = await http.post(f"/v1/sessions/{sid}/messages", json=body)
-                lat.append(time.perf_counter() - t)
-                assert r.status_code == 200, r.text
-                if time.monotonic() > deadline:
-                    break
-            return lat[len(lat) // 10:]
-
-        start = time.perf_counter()
-        lats = await asyncio.gather(*(robot(j, s) for j, s in enumerate(sids)))
-        elapsed = time.perf_counter() - start
-        for sid in sids:
-            await http.delete(f"/v1/sessions/{sid}")
+    start = time.perf_counter()
+    lats = await asyncio.gather(*(robot(j, s) for j, s in enumerate(sids)))
+    elapsed = time.perf_counter() - start
+    for c, sid in zip(clients, sids, strict=True):
+        await c.request("DELETE", f"/v1/sessions/{sid}")
+        await c.close()
     flat = [x for lat in lats for x in lat]
     return flat, sum(len(x) for x in lats) / 0.9 / elapsed
 
@@ -268,6 +282,19 @@ async def grpc_saturation(target: str, sessions: int, seconds: float, window: in
         for sid in sids:
             await stub.CloseSession(pb.SessionRef(session_id=sid))
     return sum(counts) / seconds
+
+
+def encoder_batches(url: str) -> dict[str, float]:
+    """Image encoder runs and mean messages per run over the whole benchmark (/metrics)."""
+    import httpx
+
+    values = {}
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        if line.startswith("vrkn_encoder_batch_size_") and "image" in line:
+            name = line.split("{")[0].removeprefix("vrkn_encoder_batch_size_")
+            values[name] = float(line.split()[-1])
+    runs = values.get("count", 0.0)
+    return {"runs": runs, "mean_batch": round(values.get("sum", 0.0) / max(runs, 1), 2)}
 
 
 def main() -> None:
@@ -315,18 +342,23 @@ def main() -> None:
             lat, rate = asyncio.run(grpc_many(target, "image", s, max(k // 2, 10), images,
                                               lim))
             add("image (PNG) -> ack", "gRPC stream", s, lat, rate)
-            lat, rate = asyncio.run(http_many(url, s, max(k // 2, 10), lim))
+            lat, rate = asyncio.run(http_many(url, "proprio", s, k, images, lim))
             add("proprio -> belief", "HTTP", s, lat, rate)
+            lat, rate = asyncio.run(http_many(url, "image", s, max(k // 2, 10), images, lim))
+            add("image (PNG) -> ack", "HTTP", s, lat, rate)
             rate = asyncio.run(grpc_saturation(target, s, args.seconds))
             rows.append({"case": "proprio, saturation (pipelined)", "transport": "gRPC stream",
                          "sessions": s, "messages": None, "p50_ms": None, "p99_ms": None,
                          "msgs_per_s": round(rate)})
             print(rows[-1], flush=True)
+            batch = encoder_batches(url)
+            print("image encoder batches:", batch, flush=True)
         finally:
             proc.terminate()
             proc.wait(30)
-    meta = machine_meta(load_before, bundle="default-size untrained VRKN fusion (L=230, "
-                        "proprio 6, image 64x64)" if args.bundle is None else str(args.bundle),
+    meta = machine_meta(load_before, image_encoder_batches=batch,
+                        bundle="default-size untrained VRKN fusion (L=230, proprio 6, image "
+                        "64x64)" if args.bundle is None else str(args.bundle),
                         server_args=args.server_arg, client="one process, same machine")
     header = ["case", "transport", "sessions", "messages", "p50 ms", "p99 ms", "msgs/s"]
     lines = [[r["case"], r["transport"], r["sessions"], r["messages"] or "",
