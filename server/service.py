@@ -52,6 +52,7 @@ class EstimatorService:
         self.ready = False
         self._executor: ThreadPoolExecutor | None = None
         self._expiry: asyncio.Task | None = None
+        self._periodic: asyncio.Task | None = None
 
     @property
     def models(self) -> dict[str, Model]:
@@ -73,16 +74,20 @@ class EstimatorService:
                 self.batchers[model.name, info.name] = b
         if s.snapshot_path is not None and Path(s.snapshot_path).is_file():
             self.restore(Path(s.snapshot_path))
-        self._expiry = asyncio.get_running_loop().create_task(self._expire_loop())
+        loop = asyncio.get_running_loop()
+        self._expiry = loop.create_task(self._expire_loop())
+        if s.snapshot_path is not None and s.snapshot_interval_s > 0:
+            self._periodic = loop.create_task(self._snapshot_loop())
         self.ready = True
 
     async def stop(self) -> None:
         """Stop taking work, save the sessions (when a snapshot path is set)."""
         self.ready = False
-        if self._expiry is not None:
-            self._expiry.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._expiry
+        for task in (self._expiry, self._periodic):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for b in self.batchers.values():
             await b.stop()
         if self._executor is not None:
@@ -110,6 +115,18 @@ class EstimatorService:
             if gone:
                 self.metrics.expired.inc(len(gone))
                 log.info("expired %d idle sessions", len(gone))
+
+    async def _snapshot_loop(self) -> None:
+        """Save the sessions every ``snapshot_interval_s``: the state is captured on the
+        event loop (consistent), the file written in a thread."""
+        path = Path(self.settings.snapshot_path)
+        while True:
+            await asyncio.sleep(self.settings.snapshot_interval_s)
+            state = snapshot.capture(self.registry)
+            try:
+                await asyncio.to_thread(snapshot.write, state, path)
+            except OSError as e:
+                log.error("periodic snapshot to %s failed: %s", path, e)
 
     @contextlib.contextmanager
     def counting(self) -> Iterator[None]:

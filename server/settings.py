@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     # Restart.
     snapshot_path: Path | None = Field(None, description="sessions are saved here on "
                                                          "shutdown and restored on start")
+    snapshot_interval_s: float = Field(0.0, ge=0, description="also save the sessions this "
+                                       "often (0: only on shutdown), so a crash loses less")
     ready_file: Path | None = Field(None, description="written (JSON: ports, pid) once "
                                                       "serving")
     grace_s: float = Field(5.0, ge=0, description="shutdown grace for in-flight calls")

@@ -78,10 +78,21 @@ def session_state(s: Session, now: float) -> dict[str, Any]:
     }
 
 
-def save(registry: SessionRegistry, path: Path) -> int:
+def capture(registry: SessionRegistry) -> dict[str, Any]:
+    """Every session's state as JSON-ready data (call on the thread that owns the registry)."""
     now = registry.clock()
-    data = {"format": FORMAT, "version": VERSION, "saved_at": time.time(),
+    return {"format": FORMAT, "version": VERSION, "saved_at": time.time(),
             "sessions": [session_state(s, now) for s in registry.sessions.values()]}
+
+
+def save(registry: SessionRegistry, path: Path) -> int:
+    data = capture(registry)
+    write(data, path)
+    return len(data["sessions"])
+
+
+def write(data: dict[str, Any], path: Path) -> None:
+    """Atomically: a temporary file, fsync, rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -90,7 +101,6 @@ def save(registry: SessionRegistry, path: Path) -> int:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    return len(data["sessions"])
 
 
 def restore(registry: SessionRegistry, path: Path) -> tuple[int, list[str]]:

@@ -218,3 +218,31 @@ def test_settings_refuse_a_non_loopback_host_without_token():
         Settings(host="0.0.0.0")
     assert Settings(host="0.0.0.0", token="x").token_value == "x"
     assert Settings(host="::1").token is None
+
+
+def test_periodic_snapshot_survives_a_crash(bundle_dir, tmp_path):
+    import time
+
+    snap = tmp_path / "sessions.json"
+    server = ServerProcess(bundle_dir, tmp_path, "--snapshot-path", str(snap),
+                           "--snapshot-interval-s", "0.1")
+    try:
+        with httpx.Client(base_url=server.http_url) as http:
+            sid = http.post("/v1/sessions", json={"start_time": 0.0}).json()["session_id"]
+            http.post(f"/v1/sessions/{sid}/messages", json=body_of(
+                ("obs", "proprio", 0.01, np.ones(3, np.float32))))
+            expected = http.get(f"/v1/sessions/{sid}/belief").json()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # until a snapshot holds the message
+            time.sleep(0.1)
+            if snap.is_file() and '"proprio": 1' in snap.read_text():
+                break
+    finally:
+        server.proc.kill()  # a crash: no graceful shutdown
+        server.stop()
+    again = ServerProcess(bundle_dir, tmp_path, "--snapshot-path", str(snap))
+    try:
+        with httpx.Client(base_url=again.http_url) as http:
+            assert http.get(f"/v1/sessions/{sid}/belief").json() == expected
+    finally:
+        assert again.stop() == 0, again.log()
