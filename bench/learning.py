@@ -3,7 +3,8 @@
     python bench/learning.py --minutes 30
 
 Runs, one after the other on the same task and settings (``--preset cpu`` of
-training.presets: cartpole_swingup-fusion, action repeat 8, 1000-step episodes, small nets):
+training.presets: cartpole_swingup-fusion, 1000-step episodes at action repeat 2, batch
+32x32, 50 updates per episode, small nets):
 
 1. the uniform random policy for ``--random-episodes`` episodes (the baseline);
 2. Dreamer with each model of ``--models`` (default vrkn, rssm) for ``--minutes`` of

@@ -74,13 +74,15 @@ def _presets() -> dict[str, Preset]:
              "planet.top_k": 4, "log.video_steps": 20, "replay.compress": False},
             {"vrkn": TINY_VRKN, "rssm": TINY_RSSM}),
         "cpu": Preset(
-            "small CPU learning run (bench/learning.py): cartpole_swingup-fusion, action "
-            "repeat 8, 1000-step episodes (125 agent steps), batch 16x32, small nets",
-            {"task": "cartpole_swingup-fusion", "env.action_repeat": 8,
-             "env.episode_length": 1000, "replay.batch": 16, "replay.length": 32,
+            "small CPU learning run (bench/learning.py): cartpole_swingup-fusion, 1000-step "
+            "episodes at action repeat 2 (Dreamer's), batch 32x32, 256 imagination starts, 50 "
+            "updates per episode, small nets",
+            {"task": "cartpole_swingup-fusion", "env.action_repeat": 2,
+             "env.episode_length": 1000, "replay.batch": 32, "replay.length": 32,
              "loop.prefill_episodes": 5, "loop.train_steps": 50, "loop.eval_every": 5,
              "loop.eval_episodes": 5, "dreamer.hidden": 128, "dreamer.layers": 2,
-             "dreamer.actor_lr": 2e-4, "dreamer.value_lr": 2e-4, "log.video_steps": 60},
+             "dreamer.imag_starts": 256, "dreamer.actor_lr": 2e-4, "dreamer.value_lr": 2e-4,
+             "log.video_steps": 100},
             {"vrkn": CPU_VRKN, "rssm": CPU_RSSM}),
     }
     for name, (suffix, text) in VARIANTS.items():
