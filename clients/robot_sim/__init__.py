@@ -1,0 +1,10 @@
+"""The robot-sim: a task of the multi-rate DMC suite as "the robot", in closed loop through
+the estimation service (``python -m clients.robot_sim --help``).
+
+Every control tick it streams the robot's proprioception, sends camera frames on the task's
+missing-frames schedule (optionally after a random latency, so they arrive late and out of
+order), asks the service for the policy's action and applies it; it reports the episode
+return, the tracking error of the belief's decoded proprio against the truth, the camera
+delivery and the round-trip latencies. ``--in-process BUNDLE`` runs the same loop on the
+bundle's online filter in this process (the reference the service must reproduce).
+"""

@@ -1,0 +1,158 @@
+"""The robot-sim's summary (return, tracking error, camera delivery, round-trip latency
+percentiles) and its files: summary.json, episode.npz, tracking.png (true vs estimated
+proprio over time) and video.gif (camera view | frame the service has | decoded image)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clients.robot_sim.loop import EpisodeRecord
+
+
+def _pct(values, scale: float = 1.0) -> dict[str, float]:
+    v = np.asarray(values, float) * scale
+    if v.size == 0:
+        return {}
+    return {"p50": float(np.percentile(v, 50)), "p90": float(np.percentile(v, 90)),
+            "p99": float(np.percentile(v, 99)), "max": float(v.max())}
+
+
+def summarise(rec: EpisodeRecord, period: float, info: dict[str, Any]) -> dict[str, Any]:
+    a = rec.arrays()
+    err = a["decoded"] - a["proprio"]
+    cam = rec.camera
+    lat = cam.latencies()
+    return {
+        **info,
+        "ticks": len(rec.times), "return": rec.episode_return,
+        "tracking": {"rmse": float(np.sqrt(np.mean(err ** 2))),
+                     "rmse_per_dim": np.sqrt(np.mean(err ** 2, axis=0)).tolist(),
+                     "max_abs": float(np.abs(err).max()),
+                     "proprio_std": np.std(a["proprio"], axis=0).tolist()},
+        "camera": {"captured": cam.captured, "delivered": len(cam.delivered),
+                   "late": int(np.sum(lat >= period / 2)), "out_of_order": cam.out_of_order(),
+                   "in_flight_at_end": len(cam.in_flight), "latency_ms": _pct(lat, 1e3)},
+        "session": rec.counters,
+        "control_step_ms": _pct(rec.control_ms),
+        "round_trips_ms": info.get("timings", {}),
+        "wall_s": rec.wall_s,
+    }
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    tr, cam = s["tracking"], s["camera"]
+    lines = [
+        f"task {s['task']}  seed {s['seed']}  backend {s['backend']}  ticks {s['ticks']}  "
+        f"({s['wall_s']:.1f} s)",
+        f"episode return       {s['return']:.1f}",
+        f"tracking error       decoded proprio vs truth: RMSE {tr['rmse']:.4f} "
+        f"(max {tr['max_abs']:.4f}; the true proprio's std is "
+        f"{np.round(tr['proprio_std'], 4).tolist()})",
+    ]
+    lat = cam["latency_ms"]
+    lat_text = (f"latency p50 {lat['p50']:.0f} ms, max {lat['max']:.0f} ms" if lat else
+                "no frame delivered")
+    lines.append(f"camera               {cam['captured']} frames, {cam['delivered']} delivered "
+                 f"({cam['late']} late, {cam['out_of_order']} out of order, "
+                 f"{cam['in_flight_at_end']} still in flight at the end); {lat_text}")
+    sess = s["session"]
+    refused = sum(sess.get("refused", {}).values())
+    lines.append(f"service              accepted {sess.get('accepted')}, refused {refused}, "
+                 f"replayed ticks {sess.get('replayed_ticks', 0)}")
+    c = s["control_step_ms"]
+    lines.append(f"control step         messages -> action p50 {c['p50']:.2f} ms, "
+                 f"p90 {c['p90']:.2f} ms, p99 {c['p99']:.2f} ms")
+    for kind, t in s["round_trips_ms"].items():
+        lines.append(f"  {kind:<19}p50 {t['p50_ms']:.2f} ms, p90 {t['p90_ms']:.2f} ms, "
+                     f"p99 {t['p99_ms']:.2f} ms (n={t['n']})")
+    if "reference" in s:
+        r = s["reference"]
+        lines.append(f"in-process reference same seed, no latency: return {r['return']:.1f}, "
+                     f"tracking RMSE {r['rmse']:.4f}")
+    return "\n".join(lines)
+
+
+def plot_tracking(rec: EpisodeRecord, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    a = rec.arrays()
+    t = a["time"]
+    dims = a["proprio"].shape[1]
+    fig, axes = plt.subplots(dims + 1, 1, figsize=(9, 2.4 * (dims + 1)), sharex=True,
+                             squeeze=False)
+    for d in range(dims):
+        ax = axes[d, 0]
+        ax.plot(t, a["proprio"][:, d], "k-", lw=1.2, label="true")
+        ax.plot(t, a["decoded"][:, d], "C1--", lw=1.2, label="decoded belief")
+        ax.set_ylabel(f"proprio[{d}]")
+        for f in rec.camera.delivered:
+            ax.axvline(f.captured, color="C0", alpha=0.15, lw=0.8)
+        if d == 0:
+            ax.legend(loc="upper right", fontsize=8)
+            ax.set_title(title + "  (blue lines: camera frames received, at capture time)",
+                         fontsize=9)
+    axes[-1, 0].plot(t, a["action"], lw=1)
+    axes[-1, 0].set_ylabel("action")
+    axes[-1, 0].set_xlabel("robot time [s]")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def write_video(rec: EpisodeRecord, path: Path, period: float,
+                decode_image: Callable[[np.ndarray], np.ndarray] | None = None,
+                scale: int = 2) -> None:
+    """One GIF frame per tick: the camera's view | the newest frame the service has | the
+    image decoded from the belief mean (when a decoder is given)."""
+    from PIL import Image, ImageDraw
+
+    n = len(rec.views)
+    if n == 0:
+        return
+    received = {f.index: f.image for f in rec.camera.delivered}
+    decoded = None
+    if decode_image is not None:
+        decoded = np.clip(decode_image(np.stack(rec.means[:n]).astype(np.float32)), 0, 255)
+        decoded = decoded.astype(np.uint8)
+    size = rec.views[0].shape[0]
+    blank = np.full_like(rec.views[0], 40)
+    labels = ["camera", "service has", "belief (decoded)"]
+    frames = []
+    for k in range(n):
+        panels = [rec.views[k], received.get(rec.received[k], blank)]
+        if decoded is not None:
+            panels.append(decoded[k])
+        row = np.concatenate(panels, axis=1)
+        img = Image.fromarray(row).resize((row.shape[1] * scale, size * scale),
+                                          Image.Resampling.NEAREST)
+        canvas = Image.new("RGB", (img.width, img.height + 14), (0, 0, 0))
+        canvas.paste(img, (0, 14))
+        draw = ImageDraw.Draw(canvas)
+        for i in range(len(panels)):
+            draw.text((i * size * scale + 3, 1), labels[i], fill=(255, 255, 255))
+        frames.append(canvas)
+    frames[0].save(path, save_all=True, append_images=frames[1:],
+                   duration=max(20, int(1000 * period)), loop=0)
+
+
+def write_outputs(rec: EpisodeRecord, summary: dict[str, Any], out: Path, period: float,
+                  decode_image: Callable[[np.ndarray], np.ndarray] | None = None
+                  ) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"summary": out / "summary.json", "episode": out / "episode.npz",
+             "plot": out / "tracking.png"}
+    paths["summary"].write_text(json.dumps(summary, indent=1, default=float))
+    np.savez_compressed(paths["episode"], **rec.arrays())
+    plot_tracking(rec, paths["plot"], f"{summary['task']} seed {summary['seed']}")
+    if rec.views:
+        paths["video"] = out / "video.gif"
+        write_video(rec, paths["video"], period, decode_image)
+    return paths
