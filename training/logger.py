@@ -61,7 +61,9 @@ class Logger:
                               "(pip install tensorboard, or --log.tensorboard false)",
                               stacklevel=2)
             else:
-                self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge_step)
+                # TensorBoard purges events at steps >= purge_step; keep the checkpoint's own.
+                purge = None if purge_step is None else purge_step + 1
+                self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge)
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
         record = {"step": int(step), **{k: _clean(v) for k, v in metrics.items()},
