@@ -116,7 +116,7 @@ def table(results: dict) -> str:
         f"Random policy: {rand['mean']:.1f} ± {rand['std']:.1f} over {rand['episodes']} "
         f"episodes; target 2 x random = {2 * rand['mean']:.1f}.", "",
         "| model | best eval return | at env step | final eval return | best / random | "
-        "env steps | updates | WM updates/s | env steps/s (collection) | minutes |",
+        "env steps | updates | updates/s (WM+actor+critic) | env steps/s (collection) | minutes |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for model, r in results["models"].items():
         lines.append(f"| {model} | {r['best_return']:.1f} | {r['best_step']} | "
