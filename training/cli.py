@@ -40,8 +40,8 @@ def build_parser(agent: str) -> argparse.ArgumentParser:
         "multi-rate DMC suite. Config = defaults (the paper's reference settings) < presets "
         "< options. The run directory gets config.json, metrics.jsonl, tb/, episodes/, "
         "videos/ and checkpoint.pt.",
-        epilog="presets:\n" + describe() + "\n\nresumable keys (may change on --resume): "
-        + ", ".join(RESUMABLE),
+        epilog="presets:\n" + describe() + "\n\nworld-model keys (--wm KEY=VALUE):\n"
+        + wm_help() + "\n\nresumable keys (may change on --resume): " + ", ".join(RESUMABLE),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", action="append", default=[], metavar="NAME",
                    help="apply a preset (repeatable, in order); see the list below")
@@ -64,6 +64,27 @@ def build_parser(agent: str) -> argparse.ArgumentParser:
         group.add_argument(f"--{key}", dest=key, default=argparse.SUPPRESS, metavar=metavar,
                            help=f"{text} [{default}]")
     return p
+
+
+def wm_help() -> str:
+    import textwrap
+
+    from estimator.models import MODELS, default_config
+    from training.config import model_keys
+
+    lines = []
+    for name in MODELS:
+        config = default_config(name)
+        keys = ", ".join(f"{k}={_get(config, k)}" for k in model_keys(config))
+        lines.append(textwrap.fill(f"{name}: {keys}", 96, initial_indent="  ",
+                                   subsequent_indent="    "))
+    return "\n".join(lines)
+
+
+def _get(config: Any, key: str) -> Any:
+    for part in key.split("."):
+        config = getattr(config, part)
+    return config
 
 
 def parse_wm(items: Sequence[str]) -> dict[str, Any]:

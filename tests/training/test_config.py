@@ -91,6 +91,8 @@ def test_help_documents_every_option(capsys):
     for name in PRESETS:
         assert name in text
     assert "--wm" in text and "--resume" in text and "--logdir" in text
+    for key in ("latent=230", "conv.depth=32", "deter=200", "backward_units=300"):
+        assert key in text, key  # world-model keys with their defaults
 
 
 def test_unknown_option_fails_before_work(tmp_path, capsys):
