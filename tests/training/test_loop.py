@@ -142,3 +142,50 @@ def test_parallel_collection(tmp_path):
     assert [r["train/episodes"] for r in records if "train/return" in r] == [4]
     assert all(r["eval/episodes"] == 3 for r in records if "eval/return" in r)
     assert len(list((run / "episodes").glob("*.npz"))) == 4
+
+
+def test_wall_clock_budget_stops_the_run(tmp_path):
+    run = tmp_path / "run"
+    assert main(["--preset", "debug", "--loop.steps", "100000", "--loop.minutes", "0.0001",
+                 "--loop.eval_every", "5", "--log.video", "false", "--logdir", str(run),
+                 "--log.progress", "false"], "dreamer") == 0
+    records = read_metrics(run)
+    # The budget is spent by the prefill: no iteration, the start evaluation, a checkpoint.
+    assert not [r for r in records if "train/return" in r]
+    assert [r["step"] for r in records if "eval/return" in r] == [200]
+    assert (run / "checkpoint.pt").exists()
+
+
+def test_restart_during_prefill_keeps_its_episodes(tmp_path):
+    from training.loop import Trainer as T
+
+    config = debug_config(**{"loop.prefill_episodes": 3, "log.video": False})
+    first = T(config, tmp_path)
+    first.setup()
+    try:  # one prefill episode, then "killed" before any checkpoint
+        from training.agent import RandomPolicy
+
+        first.collect(RandomPolicy(1, np.random.default_rng(0)), 1)
+    finally:
+        first.close()
+    assert not (tmp_path / "checkpoint.pt").exists()
+    again = T(config, tmp_path)
+    again.setup()
+    try:
+        again.prefill()
+        assert again.replay.total_episodes == 3
+        assert len(list((tmp_path / "episodes").glob("*.npz"))) == 3
+    finally:
+        again.close()
+
+
+def test_cli_refuses_an_incompatible_run_directory(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["--preset", "debug", "--loop.steps", "200", "--log.video", "false",
+                 "--logdir", str(run), "--log.progress", "false"], "dreamer") == 0
+    before = (run / "checkpoint.pt").read_bytes()
+    code = main(["--preset", "debug", "--replay.batch", "5", "--logdir", str(run)], "dreamer")
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "replay.batch: 4 (run) -> 5 (now)" in err
+    assert (run / "checkpoint.pt").read_bytes() == before
