@@ -70,7 +70,8 @@ GRPC_PORT=$("$PY" -c "import json, sys; print(json.load(open(sys.argv[1]))['grpc
 echo "== 4/4 robot-sim: $TASK through 127.0.0.1:$GRPC_PORT, camera latency $LATENCY s"
 "$PY" -m clients.robot_sim --task "$TASK" --server "127.0.0.1:$GRPC_PORT" \
   --camera-latency "$LATENCY" --seed "$SEED" --episode-length "$EPISODE_LENGTH" \
-  --out "$SIM" --bundle "$BUNDLE" --compare-in-process | tee "$OUT/summary.txt"
+  --out "$SIM" --bundle "$BUNDLE" --compare-in-process --compare-random \
+  | tee "$OUT/summary.txt"
 
 stop_service
 trap - EXIT

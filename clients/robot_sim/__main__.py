@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare-in-process", action="store_true",
                    help="also run the same seed without latency on --bundle in this "
                    "process and report its return")
+    p.add_argument("--compare-random", action="store_true",
+                   help="also report the return of random actions on the same seed")
     p.add_argument("--timeout", type=float, default=5.0, help="deadline per call, seconds")
     p.add_argument("--wait-s", type=float, default=30.0,
                    help="wait this long for the server to be ready")
@@ -91,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
                                Latency(), args.episode_length, args.action_repeat)
             rs = report.summarise(ref, backend.control_period, {**info, "timings": {}})
             summary["reference"] = {"return": rs["return"], "rmse": rs["tracking"]["rmse"]}
+        if args.compare_random:
+            summary["random_return"] = sim.random_return(args.task, args.seed,
+                                                         args.episode_length,
+                                                         args.action_repeat)
         paths = {}
         if args.out:
             decode = None

@@ -27,6 +27,7 @@ def summarise(rec: EpisodeRecord, period: float, info: dict[str, Any]) -> dict[s
     err = a["decoded"] - a["proprio"]
     cam = rec.camera
     lat = cam.latencies()
+    acts = a["action"][np.isfinite(a["action"]).all(axis=1)]
     return {
         **info,
         "ticks": len(rec.times), "return": rec.episode_return,
@@ -34,6 +35,8 @@ def summarise(rec: EpisodeRecord, period: float, info: dict[str, Any]) -> dict[s
                      "rmse_per_dim": np.sqrt(np.mean(err ** 2, axis=0)).tolist(),
                      "max_abs": float(np.abs(err).max()),
                      "proprio_std": np.std(a["proprio"], axis=0).tolist()},
+        "actions": {"mean": acts.mean(axis=0).tolist(), "std": acts.std(axis=0).tolist(),
+                    "at_bound": float(np.mean(np.abs(acts) > 0.99))},
         "camera": {"captured": cam.captured, "delivered": len(cam.delivered),
                    "late": int(np.sum(lat >= period / 2)), "out_of_order": cam.out_of_order(),
                    "in_flight_at_end": len(cam.in_flight), "latency_ms": _pct(lat, 1e3)},
@@ -54,6 +57,10 @@ def format_summary(s: dict[str, Any]) -> str:
         f"(max {tr['max_abs']:.4f}; the true proprio's std is "
         f"{np.round(tr['proprio_std'], 4).tolist()})",
     ]
+    act = s["actions"]
+    lines.append(f"actions              mean {np.round(act['mean'], 3).tolist()}, std "
+                 f"{np.round(act['std'], 3).tolist()}, {100 * act['at_bound']:.0f}% at the "
+                 "bounds")
     lat = cam["latency_ms"]
     lat_text = (f"latency p50 {lat['p50']:.0f} ms, max {lat['max']:.0f} ms" if lat else
                 "no frame delivered")
@@ -70,6 +77,8 @@ def format_summary(s: dict[str, Any]) -> str:
     for kind, t in s["round_trips_ms"].items():
         lines.append(f"  {kind:<19}p50 {t['p50_ms']:.2f} ms, p90 {t['p90_ms']:.2f} ms, "
                      f"p99 {t['p99_ms']:.2f} ms (n={t['n']})")
+    if "random_return" in s:
+        lines.append(f"random actions       same seed: return {s['random_return']:.1f}")
     if "reference" in s:
         r = s["reference"]
         lines.append(f"in-process reference same seed, no latency: return {r['return']:.1f}, "
@@ -100,6 +109,7 @@ def plot_tracking(rec: EpisodeRecord, path: Path, title: str) -> None:
             ax.set_title(title + "  (blue lines: camera frames received, at capture time)",
                          fontsize=9)
     axes[-1, 0].plot(t, a["action"], lw=1)
+    axes[-1, 0].set_ylim(-1.1, 1.1)  # the suite's action bounds
     axes[-1, 0].set_ylabel("action")
     axes[-1, 0].set_xlabel("robot time [s]")
     fig.tight_layout()

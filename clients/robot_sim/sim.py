@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from clients.robot_sim.camera import NO_LATENCY, Latency
 from clients.robot_sim.loop import EpisodeRecord, run_episode
 
@@ -64,3 +66,23 @@ def simulate(task_name: str, backend: Any, seed: int = 0, latency: Latency = NO_
                            realtime=realtime)
     finally:
         task.close()
+
+
+def random_return(task_name: str, seed: int, episode_length: int | None = None,
+                  action_repeat: int | None = None) -> float:
+    """The return of uniformly random actions on the same seeded episode (a baseline for the
+    closed-loop return; no camera rendering)."""
+    task = make_task(task_name, seed, episode_length, action_repeat)
+    rng = np.random.default_rng(seed)
+    space = task.act_space
+    total = 0.0
+    try:
+        obs = task.reset()
+        for _ in range(100_000):
+            if obs["is_last"]:
+                break
+            obs = task.step(rng.uniform(space.low, space.high, space.shape), render=False)
+            total += float(obs["reward"])
+    finally:
+        task.close()
+    return total

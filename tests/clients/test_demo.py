@@ -39,7 +39,7 @@ def test_demo_reuses_a_bundle_and_stops_the_service(cartpole_bundle, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "reusing the bundle of a previous demo run" in r.stdout
     for text in ("episode return", "tracking error", "camera latency 0.02:0.25",
-                 "out of order", "p99", "in-process reference", "demo done in",
+                 "out of order", "p99", "in-process reference", "random actions", "demo done in",
                  "video (camera | frame the service has | decoded belief)"):
         assert text in r.stdout, r.stdout
     assert_stopped(r.stdout)

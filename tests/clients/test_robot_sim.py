@@ -53,8 +53,9 @@ def test_latency_stays_close(cartpole_server, reference):
     assert cam.out_of_order() > 0 and np.all(cam.latencies() >= 0.02)  # late, reordered
     assert rec.counters["replayed_ticks"] > 0 and rec.counters["refused"] == {}
     got, want = rec.arrays(), ref.arrays()
-    assert np.mean(np.abs(got["action"][:-1] - want["action"][:-1])) < 0.05
-    assert abs(rec.episode_return - ref.episode_return) <= 0.1 * abs(ref.episode_return) + 1.0
+    # Measured: mean |action difference| 0.003 (actions ~0.13), return 4.5% apart.
+    assert np.mean(np.abs(got["action"][:-1] - want["action"][:-1])) < 0.02
+    assert abs(rec.episode_return - ref.episode_return) <= 0.1 * abs(ref.episode_return)
     # The proprio (every tick, on time) keeps the decoded estimate as close as without
     # latency.
     rmse = [float(np.sqrt(np.mean((a["decoded"] - a["proprio"]) ** 2))) for a in (got, want)]
