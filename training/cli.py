@@ -192,4 +192,8 @@ def main(argv: Sequence[str] | None, agent: str) -> int:
     summary = {k: round(v, 4) for k, v in last.items()
                if k in ("eval/return", "train/return", "wm/loss", "fps", "updates_per_s")}
     print(f"done: {run_dir} {json.dumps(summary)}", file=sys.stderr)
+    if config.log.export:
+        from training.export import main as export_main
+
+        return export_main([str(run_dir), "--out", config.log.export])
     return 0

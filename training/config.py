@@ -105,6 +105,8 @@ class LogConfig:
     video: bool = opt(True, "write a GIF of the first evaluation episode: input | "
                       "reconstruction")
     video_steps: int = opt(100, "most agent steps per video")
+    export: str = opt("", "when the run ends, export its bundle to this folder (as python -m "
+                      "training.export does; Dreamer with a VRKN model only); empty = no export")
 
 
 @dataclass(frozen=True)
@@ -367,6 +369,11 @@ def validate(config: RunConfig) -> RunConfig:
         _check(flat[key] >= 0, f"{key} must be >= 0, got {flat[key]}")
     _check(0 < config.dreamer.discount <= 1, "dreamer.discount must be in (0, 1]")
     _check(0 <= config.dreamer.lam <= 1, "dreamer.lam must be in [0, 1]")
+    _check(not config.log.export or (config.agent == "dreamer"
+                                     and config.model.startswith("vrkn")),
+           f"log.export needs a Dreamer run with a VRKN model (the bundle holds the actor and "
+           f"the service runs Kalman arithmetic); got agent {config.agent!r}, model "
+           f"{config.model!r}")
     _check(config.planet.top_k <= config.planet.candidates,
            "planet.top_k must be <= planet.candidates")
     agent_steps = math.ceil(config.env.episode_length / agent_action_repeat(config))

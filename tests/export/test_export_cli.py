@@ -53,3 +53,19 @@ def test_export_refuses_what_it_cannot_export(trained, tmp_path):
     out = run("training.export", str(tmp_path / "missing"), "--out", str(tmp_path / "b"))
     assert out.returncode == 2 and "no checkpoint" in out.stderr
     assert not (tmp_path / "b").exists()
+
+
+def test_training_exports_at_the_end_when_asked(tmp_path):
+    out = run("training.dreamer", "--preset", "debug", "--task", "cartpole_swingup-fusion",
+              "--model", "vrkn", "--logdir", str(tmp_path / "run"), "--log.export",
+              str(tmp_path / "bundle"), "--log.progress", "false")
+    assert out.returncode == 0, out.stderr[-2000:]
+    bundle = load_bundle(tmp_path / "bundle")
+    assert bundle.manifest.training_config["log"]["export"] == str(tmp_path / "bundle")
+
+
+def test_export_option_refused_before_work_for_rssm(tmp_path):
+    out = run("training.dreamer", "--preset", "debug", "--model", "rssm", "--logdir",
+              str(tmp_path / "run"), "--log.export", str(tmp_path / "bundle"))
+    assert out.returncode != 0 and "log.export needs a Dreamer run with a VRKN model" in out.stderr
+    assert not (tmp_path / "run").exists()
