@@ -5,7 +5,8 @@
 # on failure), and print the summary.
 #
 # Settings (environment): PY (python, default .venv/bin/python), DEMO_OUT (runs/demo),
-# DEMO_TASK (cartpole_swingup-fusion), DEMO_MINUTES (training budget, 3), DEMO_SEED (0),
+# DEMO_TASK (cartpole_swingup-fusion), DEMO_STEPS (training budget in environment steps,
+# 24000: about 6 min on 2 shared cores), DEMO_MINUTES (wall-clock cap, 10), DEMO_SEED (0),
 # DEMO_LATENCY (camera latency LOW:HIGH seconds, 0.02:0.25), DEMO_EPISODE_LENGTH (1000).
 # Delete DEMO_OUT (or DEMO_OUT/bundle) to train again.
 set -euo pipefail
@@ -13,7 +14,8 @@ set -euo pipefail
 PY=${PY:-.venv/bin/python}
 OUT=${DEMO_OUT:-runs/demo}
 TASK=${DEMO_TASK:-cartpole_swingup-fusion}
-MINUTES=${DEMO_MINUTES:-3}
+STEPS=${DEMO_STEPS:-24000}
+MINUTES=${DEMO_MINUTES:-10}
 SEED=${DEMO_SEED:-0}
 LATENCY=${DEMO_LATENCY:-0.02:0.25}
 EPISODE_LENGTH=${DEMO_EPISODE_LENGTH:-1000}
@@ -30,8 +32,9 @@ if [ -f "$BUNDLE/manifest.json" ] && "$PY" -c "import sys; from server.runtime i
 load_bundle; load_bundle(sys.argv[1], providers='cpu')" "$BUNDLE" 2>/dev/null; then
   echo "== 1/4 reusing the bundle of a previous demo run: $BUNDLE (delete $OUT to retrain)"
 else
-  echo "== 1/4 training VRKN-Dreamer on $TASK for $MINUTES min of wall-clock (preset cpu) -> $RUN"
-  "$PY" -m training.dreamer --preset cpu --task "$TASK" --seed "$SEED" \
+  echo "== 1/4 training VRKN-Dreamer on $TASK (preset cpu): $STEPS env steps or $MINUTES min," \
+    "whichever comes first -> $RUN"
+  "$PY" -m training.dreamer --preset cpu --task "$TASK" --seed "$SEED" --loop.steps "$STEPS" \
     --loop.minutes "$MINUTES" --loop.eval_episodes 1 --logdir "$RUN"
   echo "== 2/4 exporting the bundle -> $BUNDLE"
   "$PY" -m training.export "$RUN" --out "$BUNDLE"

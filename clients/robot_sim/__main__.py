@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                         return bundle.decode("image", means)
             paths = report.write_outputs(rec, summary, args.out, backend.control_period,
                                          decode)
-    except (EstimatorError, ValueError, OSError, RuntimeError) as e:
+    except (EstimatorError, KeyError, ValueError, OSError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if args.json:

@@ -87,9 +87,19 @@ class ServiceBackend:
         self.timings.add("get_action", time.perf_counter() - t0)
         return action.values
 
+    def abort(self) -> None:
+        """Close the session after a failure (best effort; it would expire anyway)."""
+        if self.session_id is not None:
+            try:
+                self.client.close_session(self.session_id, timeout=1.0)
+            except Exception:  # the failure being reported matters more
+                pass
+            self.session_id = None
+
     def finish(self) -> dict:
         info = self.client.describe_session(self.session_id)
         self.client.close_session(self.session_id)
+        self.session_id = None
         return {"accepted": info.accepted, "refused": info.refused,
                 "superseded": info.superseded, "replayed_ticks": info.replayed_ticks,
                 "actions": info.actions, "client_refused": dict(self.refused)}

@@ -28,7 +28,7 @@ class EpisodeRecord:
     actions: list[np.ndarray] = field(default_factory=list)
     rewards: list[float] = field(default_factory=list)
     views: list[np.ndarray] = field(default_factory=list)  # the camera's view (video only)
-    received: list[int] = field(default_factory=list)  # newest delivered frame index, -1
+    received: list[int] = field(default_factory=list)  # newest frame delivered (index), -1
     control_ms: list[float] = field(default_factory=list)  # first send -> action, per tick
     camera: CameraLink | None = None
     counters: dict[str, Any] = field(default_factory=dict)
@@ -74,6 +74,20 @@ def run_episode(task: Any, backend: Any, latency: Latency = NO_LATENCY, seed: in
     start = float(obs["time/proprio"])
     backend.start(start - period / 2)
     t_wall = time.perf_counter()
+    try:
+        _loop(task, backend, rec, obs, period, video_ticks, max_ticks, realtime)
+    except BaseException:
+        if hasattr(backend, "abort"):
+            backend.abort()
+        raise
+    rec.wall_s = time.perf_counter() - t_wall
+    rec.counters = backend.finish()
+    return rec
+
+
+def _loop(task: Any, backend: Any, rec: EpisodeRecord, obs: dict, period: float,
+          video_ticks: int, max_ticks: int, realtime: bool) -> None:
+    newest = -1  # the newest (latest-captured) frame delivered so far
     for k in range(max_ticks):
         t = float(obs["time/proprio"])
         tick_start = time.perf_counter()
@@ -81,6 +95,7 @@ def run_episode(task: Any, backend: Any, latency: Latency = NO_LATENCY, seed: in
             rec.camera.capture(float(obs["time/image"]), obs["image"])
         for frame in rec.camera.due(t):
             backend.send("image", frame.captured, frame.image)
+            newest = max(newest, frame.index)
         belief = backend.send("proprio", t, obs["proprio"], return_belief=True)
         if belief is None:
             raise RuntimeError(f"tick {k}: the proprio message at t={t} was refused")
@@ -90,7 +105,7 @@ def run_episode(task: Any, backend: Any, latency: Latency = NO_LATENCY, seed: in
         rec.proprio.append(np.asarray(obs["proprio"], np.float32))
         rec.decoded.append(belief.decoded.get("proprio", np.full_like(obs["proprio"], np.nan)))
         rec.means.append(belief.mean)
-        rec.received.append(rec.camera.delivered[-1].index if rec.camera.delivered else -1)
+        rec.received.append(newest)
         if k < video_ticks:
             rec.views.append(task.unwrapped.render_frame())
         if action is None:
@@ -101,6 +116,3 @@ def run_episode(task: Any, backend: Any, latency: Latency = NO_LATENCY, seed: in
         rec.rewards.append(float(obs["reward"]))
         if realtime:
             time.sleep(max(0.0, period - (time.perf_counter() - tick_start)))
-    rec.wall_s = time.perf_counter() - t_wall
-    rec.counters = backend.finish()
-    return rec
