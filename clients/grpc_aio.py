@@ -70,11 +70,7 @@ class AsyncEstimatorClient:
 
     async def model(self, name: str | None = None, *, timeout: float | None = None
                     ) -> types.ModelInfo:
-        models = await self.list_models(timeout=timeout)
-        for m in models:
-            if (name is None and m.is_default) or m.name == name:
-                return m
-        raise KeyError(f"no model {name!r} on the server; it has {[m.name for m in models]}")
+        return types.pick_model(await self.list_models(timeout=timeout), name)
 
     async def create_session(self, model: str | None = None, start_time: float | None = None,
                              history_window_s: float | None = None, *,

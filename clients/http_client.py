@@ -88,11 +88,7 @@ class HttpEstimatorClient:
 
     def model(self, name: str | None = None, *, timeout: float | None = None
               ) -> types.ModelInfo:
-        models = self.list_models(timeout=timeout)
-        for m in models:
-            if (name is None and m.is_default) or m.name == name:
-                return m
-        raise KeyError(f"no model {name!r} on the server; it has {[m.name for m in models]}")
+        return types.pick_model(self.list_models(timeout=timeout), name)
 
     def create_session(self, model: str | None = None, start_time: float | None = None,
                        history_window_s: float | None = None, *,

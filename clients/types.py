@@ -97,6 +97,14 @@ class Action:
     recorded: bool
 
 
+def pick_model(models: list[ModelInfo], name: str | None) -> ModelInfo:
+    """The model called ``name``, or the server's default one when ``name`` is None."""
+    for m in models:
+        if (name is None and m.is_default) or m.name == name:
+            return m
+    raise KeyError(f"no model {name!r} on the server; it has {[m.name for m in models]}")
+
+
 def _f32(values: Any) -> np.ndarray:
     return np.asarray(list(values), np.float32)
 
