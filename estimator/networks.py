@@ -57,7 +57,35 @@ class ConvConfig:
     act: str = "relu"
 
 
-class ImageEncoder(nn.Module):
+class ConvSpeed:
+    """Speed settings of a conv network (not part of the model; training sets them with
+    ``set_conv_speed``, export and the runtime keep the float32 defaults).
+
+    ``bf16``: run the convolutions under CPU/CUDA bf16 autocast and return float32 (the
+    Kalman arithmetic downstream stays float32). ``channels_last``: NHWC memory layout."""
+
+    bf16: bool = False
+    channels_last: bool = False
+
+    def _run(self, net: nn.Module, x: Tensor) -> Tensor:
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.bf16:
+            with torch.autocast(x.device.type, dtype=torch.bfloat16):
+                return net(x).float()
+        return net(x)
+
+
+def set_conv_speed(module: nn.Module, bf16: bool = False, channels_last: bool = False) -> None:
+    """Apply the speed settings to every conv encoder and decoder inside ``module``."""
+    for m in module.modules():
+        if isinstance(m, ConvSpeed):
+            m.bf16, m.channels_last = bf16, channels_last
+            if channels_last:
+                m.to(memory_format=torch.channels_last)
+
+
+class ImageEncoder(ConvSpeed, nn.Module):
     """4 conv layers, kernel 4, stride 2: 64x64x3 -> 8*depth*2*2 features (1024 at depth 32)."""
 
     def __init__(self, config: ConvConfig = ConvConfig()):
@@ -73,10 +101,10 @@ class ImageEncoder(nn.Module):
     def forward(self, image: Tensor) -> Tensor:  # [N, 3, 64, 64] -> [N, out_dim]
         if image.shape[-3:] != (3, 64, 64):
             raise ValueError(f"ImageEncoder expects [N, 3, 64, 64], got {tuple(image.shape)}")
-        return self.net(image)
+        return self._run(self.net, image)
 
 
-class ImageDecoder(nn.Module):
+class ImageDecoder(ConvSpeed, nn.Module):
     """Linear to 32*depth, then transposed convs (5, 5, 6, 6; stride 2) to a 64x64x3 mean."""
 
     def __init__(self, in_dim: int, config: ConvConfig = ConvConfig()):
@@ -93,7 +121,7 @@ class ImageDecoder(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:  # [N, F] -> [N, 3, 64, 64]
         x = self.fc(features)
-        return self.net(x.reshape(*x.shape, 1, 1))
+        return self._run(self.net, x.reshape(*x.shape, 1, 1))
 
 
 # softplus(0 + c) + 0.01 = 1.0 for the observation variance head (DESIGN §2).

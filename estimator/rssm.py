@@ -51,7 +51,7 @@ class RSSMConfig:
     dropout: float = 0.0  # MCD-RSSM: 0.1
     conv: ConvConfig = field(default_factory=ConvConfig)
     vector: MLPConfig = field(default_factory=MLPConfig)
-    reward: MLPConfig = field(default_factory=lambda: MLPConfig(hidden=300, layers=2))
+    reward: MLPConfig = field(default_factory=lambda: MLPConfig(hidden=300, layers=3, act="elu"))
 
 
 class RSSMState(NamedTuple):
@@ -150,13 +150,18 @@ class RSSM(WorldModel):
     def features(self, state: RSSMState) -> Tensor:
         return torch.cat([state.stoch, state.deter], -1)
 
+    def feature_moments(self, state: RSSMState) -> tuple[Tensor, Tensor]:
+        """The stochastic part is N(mean, std^2); the deterministic h has no variance."""
+        return (torch.cat([state.mean, state.deter], -1),
+                torch.cat([state.std.square(), torch.zeros_like(state.deter)], -1))
+
     def observe(self, batch: SequenceBatch, generator: torch.Generator | None = None
                 ) -> RSSMState:
         prepared = self.sensors.prepare(batch.sensors, generator, dequantize=self.training)
         return self._run(batch, prepared, generator)[1]
 
-    def loss(self, batch: SequenceBatch, generator: torch.Generator | None = None
-             ) -> tuple[Tensor, dict[str, float]]:
+    def loss_and_posterior(self, batch: SequenceBatch, generator: torch.Generator | None = None
+                           ) -> tuple[Tensor, dict[str, float], RSSMState]:
         c = self.config
         b, t = batch.batch_size, batch.length
         prepared = self.sensors.prepare(batch.sensors, generator, dequantize=True)
@@ -174,7 +179,7 @@ class RSSM(WorldModel):
                    "prior_std": prior.std.mean().item()}
         for spec, nll in zip(self.specs, per_sensor, strict=True):
             metrics[f"nll/{spec.name}"] = nll.item()
-        return loss, metrics
+        return loss, metrics, RSSMState(*(x.detach() for x in post))
 
     def filter_step(self, state: RSSMState | None, action: Tensor | None,
                     sensors: tuple[SensorBatch, ...],

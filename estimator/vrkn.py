@@ -56,7 +56,7 @@ class VRKNConfig:
     reward_weight: float = 10.0
     conv: ConvConfig = field(default_factory=ConvConfig)
     vector: MLPConfig = field(default_factory=MLPConfig)
-    reward: MLPConfig = field(default_factory=lambda: MLPConfig(hidden=300, layers=2))
+    reward: MLPConfig = field(default_factory=lambda: MLPConfig(hidden=300, layers=3, act="elu"))
     compiled_filter: bool = False  # torch.compile the filter step (see bench/kalman.py)
 
 
@@ -125,8 +125,8 @@ class VRKN(WorldModel):
 
     # ------------------------------------------------------------------ loss (Eq. 4)
 
-    def loss(self, batch: SequenceBatch, generator: torch.Generator | None = None
-             ) -> tuple[Tensor, dict[str, float]]:
+    def loss_and_posterior(self, batch: SequenceBatch, generator: torch.Generator | None = None
+                           ) -> tuple[Tensor, dict[str, float], VRKNState]:
         cfg = self.config
         b, t = batch.batch_size, batch.length
         prepared = self.sensors.prepare(batch.sensors, generator, dequantize=True)
@@ -156,7 +156,10 @@ class VRKN(WorldModel):
                    if t > 1 else float("nan")}
         for spec, nll in zip(self.specs, per_sensor, strict=True):
             metrics[f"nll/{spec.name}"] = nll.item()
-        return loss, metrics
+        with torch.no_grad():
+            post = Belief(filtered.posterior.mean.detach(), filtered.posterior.var.detach())
+            posterior = VRKNState(post.mean, post.var, sample(post, generator))
+        return loss, metrics, posterior
 
     # ------------------------------------------------------------------ acting
 
@@ -166,6 +169,9 @@ class VRKN(WorldModel):
 
     def features(self, state: VRKNState) -> Tensor:
         return state.sample
+
+    def feature_moments(self, state: VRKNState) -> tuple[Tensor, Tensor]:
+        return state.mean, state.var
 
     def filter_step(self, state: VRKNState | None, action: Tensor | None,
                     sensors: tuple[SensorBatch, ...],

@@ -4,6 +4,7 @@
     loss(batch, generator)              -> (scalar loss, metrics)
     imagine(start, policy, horizon, g)  -> Imagination (features [H+1, N, F], actions)
     features(state)                     -> actor/critic input [..., feature_dim]
+    feature_moments(state)              -> mean, variance of those features under the belief
     init_state(batch_size)              -> the state before any observation
     filter_step(state, action, sensors) -> the next posterior state (online acting)
     set_dropout(on)                     -> MC dropout on (training, imagination, collection)
@@ -97,12 +98,26 @@ class WorldModel(nn.Module, abc.ABC):
     def observe(self, batch: SequenceBatch, generator: torch.Generator | None = None) -> State:
         """Filtered posterior states ``[B, T]`` (no smoothing: these are what acting sees)."""
 
-    @abc.abstractmethod
     def loss(self, batch: SequenceBatch, generator: torch.Generator | None = None
-             ) -> tuple[Tensor, dict[str, float]]: ...
+             ) -> tuple[Tensor, dict[str, float]]:
+        loss, metrics, _ = self.loss_and_posterior(batch, generator)
+        return loss, metrics
+
+    @abc.abstractmethod
+    def loss_and_posterior(self, batch: SequenceBatch, generator: torch.Generator | None = None
+                           ) -> tuple[Tensor, dict[str, float], State]:
+        """The training loss, its metrics, and the filtered posterior states ``[B, T]`` of
+        the same pass (detached): what ``observe`` gives in training mode, without a second
+        filter pass (Dreamer's imagination starts)."""
 
     @abc.abstractmethod
     def features(self, state: State) -> Tensor: ...
+
+    @abc.abstractmethod
+    def feature_moments(self, state: State) -> tuple[Tensor, Tensor]:
+        """Mean and variance ``[..., F]`` of ``features`` under the belief ``state``
+        (diagonal; zero variance for deterministic parts). ``features(state)`` is one
+        sample of this distribution; the state head's uncertainty propagates it."""
 
     @abc.abstractmethod
     def imagine(self, start: State, policy: Policy, horizon: int,

@@ -1,6 +1,7 @@
 """The gRPC transport (grpc.aio): the Estimator service, standard health checking and
 reflection, bearer-token auth. Thin: converts messages and maps ``server.errors`` to
-status codes; the work is in ``server.service``."""
+status codes; the work is in ``server.service``. ``server.grpc_guard``: unparsable
+requests, connection timeouts."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from proto.vrkn.estimator.v1 import estimator_pb2 as pb
 from proto.vrkn.estimator.v1 import estimator_pb2_grpc as pb_grpc
 from server.auth import check_bearer
 from server.errors import ServiceError, Unauthenticated
+from server.grpc_guard import Malformed, add_estimator, server_options
 from server.models import Model
 from server.payloads import Payload
 from server.service import EstimatorService, SensorMessageIn
@@ -98,6 +100,11 @@ class EstimatorServicer(pb_grpc.EstimatorServicer):
                 return fn(*args)
             except ServiceError as e:
                 await context.abort(_status(e), e.message)
+            except Exception:  # a bug, not bad input: logged, and a clean status
+                log.exception("%s failed", op)
+                self.metrics.refused.labels("internal").inc()
+                await context.abort(grpc.StatusCode.INTERNAL,
+                                    f"internal error in {op} (logged by the server)")
 
     async def ListModels(self, request, context):
         default = self.service.registry.default_model
@@ -129,9 +136,18 @@ class EstimatorServicer(pb_grpc.EstimatorServicer):
                 ack, belief = await self.service.send_message(message_in(request), "grpc")
             except ServiceError as e:
                 await context.abort(_status(e), e.message)
+            except Exception:  # a bug, not bad input
+                log.exception("message failed")
+                self.metrics.refused.labels("internal").inc()
+                await context.abort(grpc.StatusCode.INTERNAL,
+                                    "internal error in message (logged by the server)")
             return ack_pb(ack, request.sequence, belief)
 
-    async def _stream_ack(self, req: pb.SensorMessage) -> pb.Ack:
+    async def _stream_ack(self, req: pb.SensorMessage | Malformed) -> pb.Ack:
+        if isinstance(req, Malformed):  # nothing to echo: sequence, session unknown
+            self.metrics.refused.labels("bad_request").inc()
+            return pb.Ack(error=pb.Error(code="INVALID_ARGUMENT", reason="bad_request",
+                                         message=req.message))
         with self.metrics.timed("stream_message", "grpc"):
             try:
                 ack, belief = await self.service.send_message(message_in(req), "grpc")
@@ -140,7 +156,9 @@ class EstimatorServicer(pb_grpc.EstimatorServicer):
                 error = pb.Error(code=e.grpc_code, reason=e.reason, message=e.message)
             except Exception as e:  # a bug, not bad input: the stream goes on
                 log.exception("stream message failed")
-                error = pb.Error(code="INTERNAL", reason="internal", message=str(e))
+                self.metrics.refused.labels("internal").inc()
+                error = pb.Error(code="INTERNAL", reason="internal",
+                                 message=f"internal error (logged by the server): {e}"[:300])
             return pb.Ack(sequence=req.sequence, session_id=req.session_id, sensor=req.sensor,
                           error=error)
 
@@ -160,7 +178,8 @@ class EstimatorServicer(pb_grpc.EstimatorServicer):
             try:
                 async for req in request_iterator:
                     await limit.acquire()
-                    if self.service.is_batched(req.session_id, req.sensor):
+                    if not isinstance(req, Malformed) and \
+                            self.service.is_batched(req.session_id, req.sensor):
                         task = asyncio.get_running_loop().create_task(concurrent(req))
                         tasks.add(task)
                         task.add_done_callback(tasks.discard)
@@ -238,13 +257,9 @@ async def build_grpc_server(service: EstimatorService, host: str, port: int
     s = service.settings
     token = s.token_value
     interceptors = [AuthInterceptor(token, service)] if token else []
-    limit = s.max_message_bytes + (64 << 10)  # the payload limit is checked (and named) by us
-    server = grpc.aio.server(interceptors=interceptors, options=[
-        ("grpc.max_receive_message_length", limit),
-        ("grpc.max_send_message_length", 16 << 20),
-        ("grpc.so_reuseport", 0),
-    ])
-    pb_grpc.add_EstimatorServicer_to_server(EstimatorServicer(service), server)
+    server = grpc.aio.server(interceptors=interceptors, options=server_options(s))
+    add_estimator(EstimatorServicer(service), server,
+                  lambda: service.metrics.refused.labels("bad_request").inc())
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(

@@ -1,60 +1,72 @@
 """The HTTP transport (FastAPI): the same operations as gRPC in JSON, OpenAPI at /docs,
-/healthz, /readyz and /metrics. Thin: request models in, ``server.service`` calls, response
-models out; ``server.errors`` map to status codes with ``{"error": {code, reason, message}}``.
+/healthz, /readyz and /metrics. Thin: request models in (strict types: a number is a JSON
+number, not a string or a boolean), ``server.service`` calls, response models out;
+``server.errors`` map to status codes with ``{"error": {code, reason, message}}``
+(``server.http_guard``: token, body limit, error shape).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import TypeAliasType
 
-from server.auth import check_bearer
+from server import http_guard
 from server.errors import InvalidArgument, ServiceError
 from server.payloads import Payload
 from server.service import EstimatorService, SensorMessageIn
 from server.session import Ack, ActionView, BeliefView, SessionInfo
 
-
 # -- request and response bodies -------------------------------------------------------
+STRICT = ConfigDict(strict=True)  # no "0.1" or true for a number, no 1 for a boolean
+# A flat list of numbers, or nested lists of them (an H x W x C image).
+Numbers = TypeAliasType("Numbers", "list[int | float | Numbers]")
+
+
 class RawArray(BaseModel):
+    model_config = STRICT
     shape: list[int]
     dtype: str = Field(description="uint8 (images) or float32 (vectors)")
     data_base64: str = Field(description="the array's bytes, little-endian, C order")
 
 
 class MessageBody(BaseModel):
+    model_config = STRICT
     sensor: str
     timestamp: float = Field(description="seconds on the session's clock")
-    sequence: int = Field(0, description="echoed in the ack")
+    sequence: int = Field(0, ge=0, lt=1 << 64, description="echoed in the ack")
     image_base64: str | None = Field(None, description="a PNG or JPEG image, base64")
-    values: list[Any] | None = Field(None, description="a vector, or nested lists for a raw "
-                                                       "image (H x W x C, 0..255)")
+    values: Numbers | None = Field(None, description="a vector, or nested lists for a raw "
+                                                     "image (H x W x C, 0..255)")
     raw: RawArray | None = None
     return_belief: bool = Field(False, description="answer with the belief at this tick")
 
 
 class CreateSessionBody(BaseModel):
+    model_config = STRICT
     model: str | None = None
     start_time: float | None = None
     history_window_s: float | None = None
 
 
 class ResetBody(BaseModel):
+    model_config = STRICT
     start_time: float | None = None
 
 
 class ActionReportBody(BaseModel):
+    model_config = STRICT
     timestamp: float
-    values: list[float]
+    values: list[int | float]
 
 
 class ActionRequestBody(BaseModel):
+    model_config = STRICT
     timestamp: float
 
 
@@ -167,12 +179,6 @@ def payload_of(body: MessageBody) -> Payload:
     return Payload("none")
 
 
-def error_response(e: ServiceError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if e.http_status == 401 else None
-    return JSONResponse({"error": {"code": e.grpc_code, "reason": e.reason,
-                                   "message": e.message}}, e.http_status, headers=headers)
-
-
 # -- the app -----------------------------------------------------------------------------
 async def get_service(request: Request) -> EstimatorService:
     return request.app.state.service
@@ -181,39 +187,9 @@ async def get_service(request: Request) -> EstimatorService:
 Service = Annotated[EstimatorService, Depends(get_service)]
 
 
-async def require_token(request: Request, service: Service) -> None:
-    try:
-        check_bearer(service.settings.token_value, request.headers.get("authorization"))
-    except ServiceError as e:
-        service.metrics.refused.labels(e.reason).inc()
-        raise
-
-
-class BodyLimit:
-    """ASGI middleware: refuse a request whose Content-Length is above ``limit`` with 413
-    before its body is read (FastAPI would parse it first)."""
-
-    def __init__(self, app, limit: int, on_refuse):
-        self.app, self.limit, self.on_refuse = app, limit, on_refuse
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            for key, value in scope["headers"]:
-                if key == b"content-length" and value.isdigit() and int(value) > self.limit:
-                    self.on_refuse()
-                    e = _TooLarge(f"request body is {int(value)} bytes, above the limit of "
-                                  f"{self.limit}")
-                    await error_response(e)(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
-
-
-class _TooLarge(ServiceError):
-    grpc_code, http_status, default_reason = "INVALID_ARGUMENT", 413, "too_large"
-
-
 def build_router() -> APIRouter:
-    api = APIRouter(prefix="/v1", dependencies=[Depends(require_token)])
+    # The token is checked by http_guard.Guard, before the body is read.
+    api = APIRouter(prefix="/v1", responses=http_guard.ERROR_RESPONSES)
 
     @api.get("/models", response_model=list[ModelOut])
     async def list_models(service: Service):
@@ -254,7 +230,8 @@ def build_router() -> APIRouter:
             service.close_session(session_id)
         return Response(status_code=204)
 
-    @api.post("/sessions/{session_id}/messages", response_model=AckOut)
+    @api.post("/sessions/{session_id}/messages", response_model=AckOut,
+              responses=http_guard.MESSAGE_RESPONSES)
     async def send_message(session_id: str, body: MessageBody, service: Service):
         with service.metrics.timed("message", "http"):
             try:
@@ -298,36 +275,38 @@ def create_app(service: EstimatorService) -> FastAPI:
                               "Session rules: docs/service.md.")
     app.state.service = service
 
-    @app.exception_handler(ServiceError)
-    async def _service_error(request: Request, e: ServiceError):
-        return error_response(e)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, e: RequestValidationError):
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
-                             for err in e.errors())
-        service.metrics.refused.labels("bad_request").inc()
-        return JSONResponse({"error": {"code": "INVALID_ARGUMENT", "reason": "bad_request",
-                                       "message": problems}}, 422)
-
     @app.get("/healthz", tags=["health"])
     async def healthz():
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["health"])
     async def readyz(service: Service):
+        """Ready to serve; the ONNX Runtime providers in use per model, and what the
+        restore at start did (``ok: false`` when any saved session was not restored)."""
         if not service.ready:
             return JSONResponse({"status": "not ready"}, 503)
         return {"status": "ready", "models": list(service.models),
-                "sessions": len(service.registry.sessions)}
+                "sessions": len(service.registry.sessions),
+                "providers": {name: m.bundle.providers for name, m in service.models.items()},
+                "restore": restore_out(service), "snapshots_blocked": service.snapshot_blocked}
 
-    @app.get("/metrics", tags=["health"], dependencies=[Depends(require_token)])
+    @app.get("/metrics", tags=["health"])
     async def metrics(service: Service):
         return Response(service.metrics.render(), media_type=service.metrics.content_type)
 
     app.include_router(build_router())
     # Base64 adds a third to a payload; JSON around it is small.
     limit = service.settings.max_message_bytes * 4 // 3 + (64 << 10)
-    app.add_middleware(BodyLimit, limit=limit,
-                       on_refuse=lambda: service.metrics.refused.labels("too_large").inc())
+    http_guard.install(app, limit, lambda: service.settings.token_value,
+                       lambda reason: service.metrics.refused.labels(reason).inc())
     return app
+
+
+def restore_out(service: EstimatorService) -> dict | None:
+    r = service.restore_report
+    if r is None:
+        return None
+    return {"ok": r.ok, "path": r.path, "restored": r.restored, "failed": len(r.failures),
+            "failures": [{"reason": reason, "message": message[:300]}
+                         for reason, message in r.failures[:10]],
+            "kept_copy": r.kept_copy}

@@ -29,6 +29,11 @@ class Metrics:
         self.sessions.set_function(active_sessions)
         self.expired = Counter("vrkn_sessions_expired", "Sessions closed for idleness",
                                registry=r)
+        self.restore_failures = Counter("vrkn_restore_failures", "Saved sessions not "
+                                        "restored at start (unreadable: the whole file)",
+                                        ["reason"], registry=r)
+        self.snapshot_failures = Counter("vrkn_snapshot_failures", "Snapshots not written",
+                                         registry=r)
         self.batch_size = Histogram("vrkn_encoder_batch_size", "Messages per encoder run",
                                     ["encoder"], buckets=BATCH_BUCKETS, registry=r)
         self.encode_seconds = Histogram("vrkn_encoder_seconds", "Encoder run time",

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from server.errors import InvalidArgument
+from server.errors import InvalidArgument, shown
 from server.runtime.manifest import SensorInfo
 
 
@@ -34,7 +34,7 @@ class Payload:
 
 
 def _shape_error(info: SensorInfo, shape) -> InvalidArgument:
-    return InvalidArgument(f"sensor {info.name!r}: shape {list(shape)}, expected "
+    return InvalidArgument(f"sensor {info.name!r}: shape {shown(list(shape))}, expected "
                            f"{list(info.shape)}", "bad_shape")
 
 
@@ -51,8 +51,12 @@ def _decode_image(info: SensorInfo, data: bytes, limits: PayloadLimits) -> np.nd
         raise InvalidArgument(f"sensor {info.name!r} is a vector: send values or a raw "
                               "float32 array, not an encoded image", "bad_encoding")
     try:
-        img = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, OSError, ValueError):
+        img = Image.open(io.BytesIO(data), formats=("PNG", "JPEG"))
+    except Image.DecompressionBombError:  # the header claims more than 2 x PIL's own limit
+        raise InvalidArgument(f"sensor {info.name!r}: the image header claims more than "
+                              f"{2 * Image.MAX_IMAGE_PIXELS} pixels, above the limit of "
+                              f"{limits.max_image_pixels}", "too_large") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
         raise InvalidArgument(f"sensor {info.name!r}: the payload is not a PNG or JPEG image",
                               "bad_encoding") from None
     if img.format not in ("PNG", "JPEG"):
@@ -71,7 +75,7 @@ def _decode_image(info: SensorInfo, data: bytes, limits: PayloadLimits) -> np.nd
     try:
         img = img.convert("RGB") if img.mode != "RGB" else img
         x = np.asarray(img, dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError):
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
         raise InvalidArgument(f"sensor {info.name!r}: the image data is corrupt or truncated",
                               "bad_encoding") from None
     if x.shape != tuple(info.shape):
@@ -80,10 +84,13 @@ def _decode_image(info: SensorInfo, data: bytes, limits: PayloadLimits) -> np.nd
 
 
 def _decode_raw(info: SensorInfo, payload: Payload) -> np.ndarray:
+    if len(payload.dtype) > 32:  # "uint8", "float32", "<f4": no need to parse a long one
+        raise InvalidArgument(f"sensor {info.name!r}: unknown dtype {shown(payload.dtype)}",
+                              "bad_dtype")
     try:
         dtype = np.dtype(payload.dtype)
-    except TypeError:
-        raise InvalidArgument(f"sensor {info.name!r}: unknown dtype {payload.dtype!r}",
+    except (TypeError, ValueError, SyntaxError):  # e.g. strings numpy cannot encode
+        raise InvalidArgument(f"sensor {info.name!r}: unknown dtype {shown(payload.dtype)}",
                               "bad_dtype") from None
     if dtype != info.dtype:
         raise InvalidArgument(f"sensor {info.name!r}: dtype {dtype}, expected {info.dtype}",
@@ -102,6 +109,9 @@ def _decode_raw(info: SensorInfo, payload: Payload) -> np.ndarray:
 def _decode_values(info: SensorInfo, values) -> np.ndarray:
     try:
         x = np.asarray(values, dtype=np.float64)
+    except OverflowError:  # an integer beyond float64 (JSON has arbitrary-size integers)
+        raise InvalidArgument(f"sensor {info.name!r}: a value is too large for a 64-bit "
+                              "float", "not_finite") from None
     except (TypeError, ValueError):
         raise InvalidArgument(f"sensor {info.name!r}: values must be numbers (a flat list, or "
                               "nested lists matching the sensor's shape)", "bad_dtype") from None

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -50,6 +52,13 @@ class EstimatorService:
         self.payload_limits = PayloadLimits(s.max_message_bytes, s.max_image_pixels)
         self.batchers: dict[tuple[str, str], EncodeBatcher] = {}
         self.ready = False
+        self.restore_report: snapshot.RestoreReport | None = None
+        # Snapshots: numbered when captured (on the event loop), written one at a time in a
+        # thread; an older one never replaces a newer one. None: writing is allowed.
+        self._snapshot_numbers = itertools.count(1)
+        self._snapshot_lock = threading.Lock()
+        self._snapshot_written = 0
+        self.snapshot_blocked: str | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._expiry: asyncio.Task | None = None
         self._periodic: asyncio.Task | None = None
@@ -93,20 +102,55 @@ class EstimatorService:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
         if self.settings.snapshot_path is not None:
-            n = snapshot.save(self.registry, Path(self.settings.snapshot_path))
-            log.info("saved %d sessions to %s", n, self.settings.snapshot_path)
+            n = await self.save_snapshot()
+            if n is not None:
+                log.info("saved %d sessions to %s", n, self.settings.snapshot_path)
 
-    def restore(self, path: Path) -> int:
+    def restore(self, path: Path) -> snapshot.RestoreReport:
+        """Restore the sessions of ``path`` (left in place: only a newer snapshot replaces
+        it). Whatever is not restored is logged, counted in ``vrkn_restore_failures_total``
+        and shown on /readyz, and the file is copied aside first so nothing is lost."""
+        report = snapshot.restore(self.registry, path)
+        self.restore_report = report
+        for reason, message in report.failures:
+            log.error("not restored (%s): %s", reason, message)
+            self.metrics.restore_failures.labels(reason).inc()
+        if not report.ok:
+            try:
+                report.kept_copy = str(snapshot.keep_copy(path))
+                log.error("%d sessions restored, %d not; the snapshot is kept as %s",
+                          report.restored, len(report.failures), report.kept_copy)
+            except OSError as e:  # then never overwrite the only copy
+                self.snapshot_blocked = f"cannot keep a copy of {path} ({e})"
+                log.error("%s: no snapshot will be written", self.snapshot_blocked)
+        log.info("restored %d sessions from %s", report.restored, path)
+        return report
+
+    async def save_snapshot(self) -> int | None:
+        """Capture every session (here, on the event loop: consistent) and write them in a
+        thread; returns how many, or None when not written (blocked, failed or superseded
+        by a newer snapshot)."""
+        path = Path(self.settings.snapshot_path)
+        state, number = snapshot.capture(self.registry), next(self._snapshot_numbers)
         try:
-            n, skipped = snapshot.restore(self.registry, path)
-        except (ValueError, KeyError, OSError) as e:
-            log.error("cannot restore sessions from %s: %s", path, e)
-            return 0
-        for reason in skipped:
-            log.warning("not restored: %s", reason)
-        log.info("restored %d sessions from %s", n, path)
-        path.replace(path.with_name(path.name + ".restored"))  # never restored twice
-        return n
+            written = await asyncio.to_thread(self._write_snapshot, state, number, path)
+        except OSError as e:
+            self.metrics.snapshot_failures.inc()
+            log.error("snapshot to %s failed: %s", path, e)
+            return None
+        return len(state["sessions"]) if written else None
+
+    def _write_snapshot(self, state: dict, number: int, path: Path) -> bool:
+        with self._snapshot_lock:
+            if self.snapshot_blocked is not None:
+                self.metrics.snapshot_failures.inc()
+                log.error("snapshot not written: %s", self.snapshot_blocked)
+                return False
+            if number <= self._snapshot_written:
+                return False  # a newer one was written meanwhile
+            snapshot.write(state, path)
+            self._snapshot_written = number
+            return True
 
     async def _expire_loop(self) -> None:
         while True:
@@ -117,16 +161,10 @@ class EstimatorService:
                 log.info("expired %d idle sessions", len(gone))
 
     async def _snapshot_loop(self) -> None:
-        """Save the sessions every ``snapshot_interval_s``: the state is captured on the
-        event loop (consistent), the file written in a thread."""
-        path = Path(self.settings.snapshot_path)
+        """Save the sessions every ``snapshot_interval_s``."""
         while True:
             await asyncio.sleep(self.settings.snapshot_interval_s)
-            state = snapshot.capture(self.registry)
-            try:
-                await asyncio.to_thread(snapshot.write, state, path)
-            except OSError as e:
-                log.error("periodic snapshot to %s failed: %s", path, e)
+            await self.save_snapshot()
 
     @contextlib.contextmanager
     def counting(self) -> Iterator[None]:
@@ -168,6 +206,7 @@ class EstimatorService:
         with self.counting():
             session, info = self.registry.prepare_observation(msg.session_id, msg.sensor,
                                                               msg.timestamp)
+            generation = session.generation  # a reset while encoding refuses the message
             try:
                 x = decode_payload(info, msg.payload, self.payload_limits)
                 seq = session.next_seq()
@@ -193,7 +232,7 @@ class EstimatorService:
                 session.refused[e.reason] += 1
                 raise
             ack = self.registry.record_observation(session, info.name, msg.timestamp, seq, w,
-                                                   var)
+                                                   var, generation)
             self.metrics.messages.labels(info.name, transport).inc()
             belief = self.registry.belief(session.id, msg.timestamp) if msg.return_belief \
                 else None

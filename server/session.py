@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from server.errors import InvalidArgument, NotFound, ResourceExhausted
+from server.errors import Aborted, InvalidArgument, NotFound, OutOfRange, ResourceExhausted, shown
 from server.models import Model
 from server.runtime.manifest import SensorInfo
-from server.timeline import ActionEntry, Observation, Timeline
+from server.timeline import ActionEntry, Observation, Timeline, time_problem
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,8 @@ class Session:
     refused: Counter = field(default_factory=Counter)  # reason -> messages refused
     superseded: int = 0  # accepted but replaced by a later message of the same tick
     actions: int = 0
+    generation: int = 0  # time axes so far (+1 per reset): a message encoded across a reset
+    # belongs to the old axis and is refused
 
     def next_seq(self) -> int:
         self.seq_next += 1
@@ -101,6 +103,12 @@ class BeliefView:
     reward: float
 
 
+def _check_start_time(start_time: float | None) -> None:
+    problem = None if start_time is None else time_problem(start_time)
+    if problem is not None:
+        raise InvalidArgument(f"start_time {problem}", "bad_start_time")
+
+
 class SessionRegistry:
     def __init__(self, models: dict[str, Model], limits: Limits | None = None,
                  clock: Callable[[], float] = time.monotonic):
@@ -124,10 +132,9 @@ class SessionRegistry:
                history_window_s: float | None = None, session_id: str | None = None) -> Session:
         name = model or self.default_model
         if name not in self.models:
-            raise NotFound(f"unknown model {name!r}; loaded: {sorted(self.models)}",
+            raise NotFound(f"unknown model {shown(name)}; loaded: {sorted(self.models)}",
                            "unknown_model")
-        if start_time is not None and not math.isfinite(start_time):
-            raise InvalidArgument(f"start_time {start_time} is not a finite number")
+        _check_start_time(start_time)
         window = self.limits.history_window_s if history_window_s is None else history_window_s
         if not (math.isfinite(window) and 0 < window <= self.limits.max_history_window_s):
             raise InvalidArgument(f"history_window_s {window} must be in (0, "
@@ -145,7 +152,7 @@ class SessionRegistry:
     def get(self, session_id: str) -> Session:
         session = self.sessions.get(session_id)
         if session is None:
-            raise NotFound(f"unknown session {session_id!r} (closed, expired or never "
+            raise NotFound(f"unknown session {shown(session_id)} (closed, expired or never "
                            "created)", "unknown_session")
         session.last_active = self.clock()
         return session
@@ -158,9 +165,13 @@ class SessionRegistry:
         """Back to the initial belief: every record, action and replay state is dropped;
         the time axis starts again at ``start_time`` (or at the next message)."""
         session = self.get(session_id)
-        if start_time is not None and not math.isfinite(start_time):
-            raise InvalidArgument(f"start_time {start_time} is not a finite number")
+        try:
+            _check_start_time(start_time)
+        except InvalidArgument as e:
+            session.refused[e.reason] += 1
+            raise
         session.timeline = self._timeline(session.model, session.window_s, start_time)
+        session.generation += 1
         return session
 
     def expire_idle(self) -> list[str]:
@@ -189,7 +200,7 @@ class SessionRegistry:
         info = session.model.sensor(sensor)
         try:
             if info is None:
-                raise NotFound(f"unknown sensor {sensor!r}; model {session.model.name!r} has "
+                raise NotFound(f"unknown sensor {shown(sensor)}; model {session.model.name!r} has "
                                f"{list(session.model.engine.sensor_order)}", "unknown_sensor")
             session.timeline.locate(timestamp)
         except Exception as e:
@@ -198,11 +209,18 @@ class SessionRegistry:
         return session, info
 
     def record_observation(self, session: Session, sensor: str, timestamp: float, seq: int,
-                           w: np.ndarray, var: np.ndarray) -> Ack:
+                           w: np.ndarray, var: np.ndarray, generation: int | None = None
+                           ) -> Ack:
+        """Record an encoded message. ``generation``: the session's generation when the
+        message was checked (``prepare_observation``); a reset since then refuses it."""
         if self.sessions.get(session.id) is not session:
-            raise NotFound(f"session {session.id!r} was closed while its message was being "
-                           "encoded", "unknown_session")
+            raise NotFound(f"session {shown(session.id)} was closed while its message was "
+                           "being encoded", "unknown_session")
         try:
+            if generation is not None and generation != session.generation:
+                raise Aborted(f"session {shown(session.id)} was reset while this {sensor!r} "
+                              "message was being encoded: it belongs to the old time axis and "
+                              "was not recorded", "reset_during_encode")
             tick, applied = session.timeline.insert_observation(
                 sensor, Observation(float(timestamp), seq, w, var))
         except Exception as e:
@@ -217,6 +235,9 @@ class SessionRegistry:
         m = session.model.manifest
         try:
             a = np.asarray(values, dtype=np.float64)
+        except OverflowError:
+            raise InvalidArgument("action: a value is too large for a 64-bit float",
+                                  "not_finite") from None
         except (TypeError, ValueError):
             raise InvalidArgument("action: values must be numbers", "bad_action") from None
         if a.shape != (m.action_size,):
@@ -250,7 +271,11 @@ class SessionRegistry:
         tick unless the controller reported one for that tick."""
         session = self.get(session_id)
         tl = session.timeline
-        tick = tl.locate(timestamp)
+        try:
+            tick = tl.locate(timestamp)
+        except OutOfRange as e:
+            session.refused[e.reason] += 1
+            raise
         belief, _ = tl.belief_at(tick)
         a = session.model.act(belief.mean)
         tick, recorded = tl.record_action(
@@ -268,7 +293,11 @@ class SessionRegistry:
             tick, belief = tl.newest_belief()
             predicted = tl.head < 0
         else:
-            tick = tl.locate(timestamp)
+            try:
+                tick = tl.locate(timestamp)
+            except OutOfRange as e:
+                session.refused[e.reason] += 1
+                raise
             belief, predicted = tl.belief_at(tick)
         model = session.model
         return BeliefView(session.id, timestamp, tick, tl.head, predicted, belief.mean[0],

@@ -53,6 +53,21 @@ class Settings(BaseSettings):
     batch_max: int = Field(64, ge=1)
     batch_window_ms: float = Field(0.0, ge=0, description="wait this long for a batch to "
                                                           "fill (0: batches form under load)")
+    # Slow, silent and dead connections.
+    http_keepalive_s: float = Field(5.0, gt=0, description="HTTP: close a connection idle "
+                                    "this long between requests (or before the first)")
+    http_header_timeout_s: float = Field(10.0, gt=0, description="HTTP: a request's headers "
+                                         "must be complete this long after its first byte")
+    http_body_timeout_s: float = Field(30.0, gt=0, description="HTTP: a request's body must "
+                                       "be complete this long after its headers")
+    grpc_handshake_timeout_s: float = Field(10.0, gt=0, description="gRPC: close a "
+                                            "connection that has not finished its handshake")
+    grpc_max_idle_s: float = Field(300.0, gt=0, description="gRPC: close a connection "
+                                   "without calls for this long (clients reconnect)")
+    grpc_keepalive_s: float = Field(30.0, gt=0, description="gRPC: ping a silent "
+                                    "connection after this long")
+    grpc_keepalive_timeout_s: float = Field(10.0, gt=0, description="gRPC: close it when "
+                                            "the ping is not answered within this")
     # Restart.
     snapshot_path: Path | None = Field(None, description="sessions are saved here on "
                                                          "shutdown and restored on start")

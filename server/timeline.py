@@ -24,6 +24,18 @@ from server.runtime.kalman import Belief
 # A timestamp this many ticks (relative) below a tick boundary counts as on the boundary,
 # so that t0 + k·P computed in floating point lands in tick k.
 BOUNDARY_EPS = 1e-9
+# Timestamps and start times are seconds within ±MAX_TIME_S (about 31,700 years): there a
+# double still resolves 0.25 ms, and (t - t0) / P cannot overflow.
+MAX_TIME_S = 1e12
+
+
+def time_problem(t: float) -> str | None:
+    """Why ``t`` cannot be a timestamp or start time (None: it can)."""
+    if not math.isfinite(t):
+        return f"{t} is not a finite number"
+    if abs(t) > MAX_TIME_S:
+        return f"{t:.6g} s is beyond ±{MAX_TIME_S:.0e} s"
+    return None
 
 
 class Engine(Protocol):
@@ -100,8 +112,13 @@ class Timeline:
     def locate(self, t: float) -> int:
         """The tick of a message at ``t``, or OutOfRange when it is before the start, older
         than the history window, or too far beyond the newest tick. Changes nothing."""
-        if not math.isfinite(t):
-            raise OutOfRange(f"timestamp {t} is not a finite number", "bad_timestamp")
+        problem = time_problem(t)
+        if problem is not None:
+            raise OutOfRange(f"timestamp {problem}", "bad_timestamp")
+        ticks = (t - (t if self.t0 is None else self.t0)) / self.period
+        if not math.isfinite(ticks):  # only with a start time beyond the bound (restored)
+            raise OutOfRange(f"timestamp {t:.6g} is too far from the session's start",
+                             "bad_timestamp")
         tick = self.tick_of(t)
         if tick < 0:
             raise OutOfRange(f"timestamp {t:.6f} is before the session's start "

@@ -19,7 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from estimator.batch import SensorBatch, SequenceBatch
-from estimator.world_model import State, WorldModel
+from estimator.state_head import StateHead
+from estimator.world_model import State, WorldModel, flatten_states
 from training.replay import Normalizer
 
 
@@ -60,12 +61,68 @@ def clipped_step(name: str, optimiser: torch.optim.Optimizer, params: list[nn.Pa
 
 
 class Agent(nn.Module):
-    """Base class: a world model plus whatever acts on its states."""
+    """Base class: a world model plus whatever acts on its states, and optionally a state
+    head (``attach_state_head``) with its own optimiser."""
 
     model: WorldModel
 
-    def update(self, batch: SequenceBatch, generator: torch.Generator) -> dict[str, float]:
+    def __init__(self) -> None:
+        super().__init__()
+        self.state_head: StateHead | None = None
+
+    def update(self, batch: SequenceBatch, generator: torch.Generator,
+               state: Tensor | None = None) -> dict[str, float]:
+        """One training step on ``batch``; ``state`` [B, T, S] (the privileged simulator
+        state) trains the state head only, never the world model (unless ``joint``)."""
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ state head
+
+    def attach_state_head(self, head: StateHead) -> None:
+        self.state_head = head
+        self.state_opt = torch.optim.Adam(head.parameters(), lr=head.config.lr)
+
+    @property
+    def joint_state_head(self) -> bool:
+        return self.state_head is not None and self.state_head.config.joint
+
+    def state_loss(self, posterior: State, state: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """Mean normalised NLL of the head on the belief samples ``posterior`` [B, T]."""
+        assert self.state_head is not None
+        features = self.model.features(flatten_states(posterior))
+        target = state.reshape(-1, state.shape[-1]).to(features)
+        nll, err = self.state_head.nll(features, target)
+        return nll.mean(), {"state/nll": nll.mean().item(),
+                            "state/nrmse": err.mean(0).sqrt().mean().item()}
+
+    def state_probe_update(self, posterior: State, state: Tensor) -> dict[str, float]:
+        """Train the head on detached filtered beliefs: the world model sees no gradient."""
+        posterior = type(posterior)(*(x.detach() for x in posterior))
+        with torch.enable_grad():
+            loss, metrics = self.state_loss(posterior, state)
+        check_finite("state-head loss", loss, metrics)
+        self.state_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        assert self.state_head is not None
+        clipped_step("state-head", self.state_opt, list(self.state_head.parameters()), 100.0)
+        return metrics
+
+    def joint_state_loss(self, batch: SequenceBatch, generator: torch.Generator,
+                         state: Tensor | None) -> tuple[Tensor | None, dict[str, float]]:
+        """The auxiliary loss (``joint``): the head's NLL on filtered beliefs with gradients
+        into the world model. None when the head is a probe or no state is given."""
+        if state is None or not self.joint_state_head:
+            return None, {}
+        assert self.state_head is not None
+        loss, metrics = self.state_loss(self.model.observe(batch, generator), state)
+        self.state_opt.zero_grad(set_to_none=True)
+        return self.state_head.config.weight * loss, metrics
+
+    def all_optimisers(self) -> dict[str, torch.optim.Optimizer]:
+        out = dict(self.optimisers())
+        if self.state_head is not None:
+            out["state"] = self.state_opt
+        return out
 
     def act(self, state: State, explore: bool, generator: torch.Generator) -> Tensor:
         raise NotImplementedError
@@ -76,11 +133,11 @@ class Agent(nn.Module):
     def full_state(self) -> dict[str, Any]:
         """Parameters and optimiser states (tensors and plain data only)."""
         return {"modules": self.state_dict(),
-                "optimisers": {k: o.state_dict() for k, o in self.optimisers().items()}}
+                "optimisers": {k: o.state_dict() for k, o in self.all_optimisers().items()}}
 
     def load_full_state(self, state: Mapping[str, Any]) -> None:
         self.load_state_dict(state["modules"])
-        for key, optimiser in self.optimisers().items():
+        for key, optimiser in self.all_optimisers().items():
             optimiser.load_state_dict(state["optimisers"][key])
 
 

@@ -129,6 +129,31 @@ def load_run_config(run_dir: Path) -> RunConfig:
         raise ConfigError(f"cannot read {path}: {error}") from None
 
 
+def holds_work(run_dir: Path) -> bool:
+    """Whether a run directory holds anything of a run besides its config: a checkpoint, an
+    episode or a metric. One without (a start that failed before any work) may be started
+    again with another config."""
+    from training.checkpoint import CHECKPOINT
+    from training.logger import read_metrics
+    from training.replay import EPISODE_FILE
+
+    episodes = run_dir / "episodes"
+    return ((run_dir / CHECKPOINT).exists() or bool(read_metrics(run_dir)) or (
+        episodes.is_dir() and any(EPISODE_FILE.match(p.name) for p in episodes.iterdir())))
+
+
+def check_export_target(config: RunConfig, run_dir: Path) -> None:
+    """``log.export`` must be a folder export may replace, away from the run directory."""
+    if not config.log.export:
+        return
+    from training.export import ExportTargetError, check_out_dir
+
+    try:
+        check_out_dir(Path(config.log.export), [run_dir], "--log.export")
+    except ExportTargetError as error:
+        raise ConfigError(str(error)) from None
+
+
 def default_logdir(config: RunConfig) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{config.task}-{config.model}-{config.agent}-s{config.seed}-{stamp}"
@@ -145,7 +170,8 @@ def resolve_run(argv: Sequence[str] | None, agent: str
     if args.resume is not None and args.logdir is not None and args.resume != args.logdir:
         raise ConfigError("give either --resume RUN_DIR or --logdir DIR, not both")
     run_dir = args.resume if args.resume is not None else args.logdir
-    if args.resume is not None or (run_dir is not None and (run_dir / "config.json").exists()):
+    if args.resume is not None or (run_dir is not None and (run_dir / "config.json").exists()
+                                   and holds_work(run_dir)):
         saved = load_run_config(run_dir)
         if saved.agent != agent:
             raise ConfigError(f"{run_dir} is a {saved.agent} run; use python -m "
@@ -163,7 +189,30 @@ def resolve_run(argv: Sequence[str] | None, agent: str
         config = resolve([agent, *args.preset], overrides, wm)
     if args.print_config:
         return config, None, args
-    return config, Path(run_dir) if run_dir is not None else default_logdir(config), args
+    run_dir = Path(run_dir) if run_dir is not None else default_logdir(config)
+    check_export_target(config, run_dir)
+    return config, run_dir, args
+
+
+# The optimiser behind each loss the NaN guard names (training.agent.check_finite), and
+# the resumable key of its learning rate.
+LR_KEYS = {"dreamer": {"world-model": "dreamer.model_lr", "actor": "dreamer.actor_lr",
+                       "value": "dreamer.value_lr"},
+           "planet": {"world-model": "planet.model_lr"}}
+
+
+def resume_advice(config: RunConfig, run_dir: Path, error: str) -> str:
+    """How to continue after a non-finite loss: resume with half the learning rate of the
+    optimiser that failed (a resumable key)."""
+    from training.config import to_flat
+
+    command = f"python -m training.{config.agent} --resume {run_dir}"
+    key = next((k for name, k in LR_KEYS.get(config.agent, {}).items()
+                if error.startswith(name)), None)
+    if key is None:
+        return f"continue with {command} after fixing the cause"
+    return (f"continue with a lower learning rate, e.g. {command} --{key} "
+            f"{to_flat(config)[key] / 2:g}")
 
 
 def main(argv: Sequence[str] | None, agent: str) -> int:
@@ -184,9 +233,9 @@ def main(argv: Sequence[str] | None, agent: str) -> int:
     try:
         last = train(config, run_dir)
     except NonFiniteError as error:
+        advice = resume_advice(config, run_dir, str(error))
         print(f"error: training stopped, {error}. Nothing was applied from this update; the "
-              f"last good checkpoint is {run_dir / 'checkpoint.pt'} (continue with --resume "
-              f"{run_dir} after fixing the cause, e.g. a lower learning rate).",
+              f"last good checkpoint is {run_dir / 'checkpoint.pt'} ({advice}).",
               file=sys.stderr)
         return EXIT_NONFINITE
     summary = {k: round(v, 4) for k, v in last.items()

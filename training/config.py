@@ -20,6 +20,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from estimator.state_head import StateHeadConfig
+
 AGENTS = ("dreamer", "planet")
 
 
@@ -110,6 +112,15 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class PerfConfig:
+    malloc: bool = opt(True, "raise glibc's malloc trim/mmap thresholds (training.perf)")
+    bf16: bool = opt(False, "bf16 autocast for the conv encoder and decoder (the Kalman "
+                     "arithmetic stays float32)")
+    channels_last: bool = opt(False, "channels-last memory layout for the conv networks")
+    compile_conv: bool = opt(False, "torch.compile the conv encoder and decoder")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     agent: str = opt("dreamer", f"agent: one of {', '.join(AGENTS)}")
     task: str = opt("cartpole_swingup", "task name (training.envs), e.g. "
@@ -130,13 +141,17 @@ class RunConfig:
     planet: PlanetConfig = field(default_factory=PlanetConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    state: StateHeadConfig = field(default_factory=StateHeadConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
 
 
-SECTIONS = ("env", "replay", "dreamer", "planet", "loop", "log")
+SECTIONS = ("env", "replay", "dreamer", "planet", "loop", "log", "state", "perf")
 
-# Keys a resumed run may change: how long to run, where, and what to log.
+# Keys a resumed run may change: how long to run, where, what to log, and the learning
+# rates (to continue past a non-finite loss with a lower one; Adam's moments are kept).
 RESUMABLE = ("device", "threads", "loop.steps", "loop.minutes", "loop.eval_every",
-             "loop.eval_episodes", "loop.checkpoint_every", "log.")
+             "loop.eval_episodes", "loop.checkpoint_every", "log.", "perf.",
+             "dreamer.model_lr", "dreamer.actor_lr", "dreamer.value_lr", "planet.model_lr")
 
 
 # ---------------------------------------------------------------------------- flat view
@@ -342,16 +357,15 @@ def _check(condition: bool, message: str) -> None:
 
 def validate(config: RunConfig) -> RunConfig:
     """Check every choice and range; raise ConfigError naming what is wrong."""
+    from training.checks import check_values
     from training.envs import task_config
 
     _check(config.agent in AGENTS, f"unknown agent {config.agent!r}; choose one of {AGENTS}")
-    model_config(config)
     try:
-        task_config(config.task, **task_overrides(config))
+        task = task_config(config.task, **task_overrides(config))
     except (ValueError, TypeError) as error:
         raise ConfigError(str(error)) from None
-    _check(config.device == "auto" or config.device.split(":")[0] in ("cpu", "cuda", "mps"),
-           f"device must be auto, cpu or cuda[:N], got {config.device!r}")
+    check_values(config, model_config(config), task)  # activations, world model, task, device
     positive = ["env.episode_length", "env.num_envs", "replay.batch", "replay.length",
                 "dreamer.horizon", "dreamer.hidden", "dreamer.layers", "planet.horizon",
                 "planet.iterations", "planet.candidates", "planet.top_k", "loop.steps",

@@ -37,10 +37,13 @@ class DreamerAgent(Agent):
 
     # ------------------------------------------------------------------ training
 
-    def update(self, batch: SequenceBatch, generator: torch.Generator) -> dict[str, float]:
-        metrics = self.model_update(batch, generator)
+    def update(self, batch: SequenceBatch, generator: torch.Generator,
+               state: Tensor | None = None) -> dict[str, float]:
+        metrics, posterior = self.model_update(batch, generator, state)
         with torch.no_grad():
-            start = flatten_states(self.model.observe(batch, generator))
+            if state is not None and self.state_head is not None and not self.joint_state_head:
+                metrics.update(self.state_probe_update(posterior, state))
+            start = flatten_states(posterior)
             count = self.config.imag_starts
             total = start[0].shape[0]
             if 0 < count < total:
@@ -49,18 +52,28 @@ class DreamerAgent(Agent):
         metrics.update(self.behaviour_update(start, generator))
         return metrics
 
-    def model_update(self, batch: SequenceBatch, generator: torch.Generator
-                     ) -> dict[str, float]:
+    def model_update(self, batch: SequenceBatch, generator: torch.Generator,
+                     state: Tensor | None = None) -> tuple[dict[str, float], State]:
+        """The world-model step; returns its metrics and the (detached) filtered posterior
+        of the same pass, the imagination starts and the state probe's input."""
         model, c = self.model, self.config
         model.set_dropout(True)
-        loss, wm = model.loss(batch, generator)
+        loss, wm, posterior = model.loss_and_posterior(batch, generator)
         check_finite("world-model loss", loss, wm)
+        aux, aux_metrics = self.joint_state_loss(batch, generator, state)
+        if aux is not None:
+            loss = loss + aux
         self.model_opt.zero_grad(set_to_none=True)
         loss.backward()
         norm = clipped_step("world-model", self.model_opt, list(model.parameters()), c.grad_clip)
+        if aux is not None:
+            assert self.state_head is not None
+            clipped_step("state-head", self.state_opt, list(self.state_head.parameters()),
+                         c.grad_clip)
         out = {f"wm/{k}": v for k, v in wm.items()}
         out["wm/grad_norm"] = norm
-        return out
+        out.update(aux_metrics)
+        return out, posterior
 
     def imagine_returns(self, start: State, generator: torch.Generator
                         ) -> tuple[Tensor, Tensor, Tensor]:

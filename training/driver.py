@@ -22,6 +22,7 @@ class Envs(Protocol):
     obs_space: dict
     act_space: Any
     sensors: tuple[str, ...]
+    state_names: tuple[str, ...]  # the privileged ``state`` elements; () when none
 
     def __len__(self) -> int: ...
     def reset(self) -> Obs: ...
@@ -38,6 +39,7 @@ class LocalEnvs:
         self.act_space = self.tasks[0].act_space
         self.sensors = self.tasks[0].sensors
         self.control_period = self.tasks[0].control_period
+        self.state_names = self.tasks[0].state_names
         self._needs_reset = [True] * len(self.tasks)
 
     def __len__(self) -> int:

@@ -9,7 +9,9 @@ plus one ONNX file per network (see ``training.export_graphs``) and ``parity.npz
 and the torch outputs for every network, which the runtime re-runs at load time. The
 bundle is written to a temporary folder and renamed into place, so a crash leaves either
 the old bundle or the new one. Kalman arithmetic is not exported: the runtime does it in
-numpy (``server.runtime``).
+numpy (``server.runtime``). An existing ``--out`` is replaced only when it is a bundle (it
+holds ``manifest.json``) or empty; anything else, and the run directory itself, a folder
+inside it or one that contains it, is refused before any work (``check_out_dir``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +62,38 @@ class ExportInputs:
     normalisation: Mapping[str, tuple[np.ndarray, np.ndarray]]  # sensor -> (mean, std)
     training_config: Mapping[str, Any]
     features: str = "sample"  # what the actor was trained on: a belief sample ("sample")
+
+
+class ExportTargetError(ValueError):
+    """An output folder that export must not replace (it would destroy other data)."""
+
+
+def _within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_out_dir(out: Path, protect: Sequence[Path] = (), option: str = "--out") -> Path:
+    """Refuse an output folder that is not safe to replace: an existing file or symbolic
+    link, a non-empty folder without manifest.json, or one that is, holds or lies inside a
+    ``protect`` folder (the run directory). ``option`` names it in the message."""
+    out = Path(out)
+    target = out.resolve()
+    for folder in (Path(p).resolve() for p in protect):
+        if _within(target, folder) or _within(folder, target):
+            where = ("is" if target == folder else "is inside" if _within(target, folder)
+                     else "contains")
+            raise ExportTargetError(f"{option} {out} {where} the run directory {folder}; "
+                                    "write the bundle to a folder outside the run")
+    if out.is_symlink():
+        raise ExportTargetError(f"{option} {out} is a symbolic link; give the folder itself")
+    if out.exists() and not out.is_dir():
+        raise ExportTargetError(f"{option} {out} exists and is not a folder; choose another "
+                                "path")
+    if out.is_dir() and not (out / "manifest.json").is_file() and any(out.iterdir()):
+        raise ExportTargetError(f"{option} {out} is a non-empty folder that is not a bundle "
+                                "(no manifest.json): refusing to replace it; choose another "
+                                "folder")
+    return out
 
 
 def code_version() -> str:
@@ -136,9 +170,9 @@ def export_bundle(model: VRKN, actor: nn.Module, info: ExportInputs, out: Path,
     if len(info.action_low) != model.action_dim or len(info.action_high) != model.action_dim:
         raise ValueError(f"action bounds have {len(info.action_low)}/{len(info.action_high)} "
                          f"entries, the model's action size is {model.action_dim}")
+    out = check_out_dir(out)
     model = model.cpu().eval()
     actor = actor.cpu().eval()
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -191,6 +225,7 @@ def export_bundle(model: VRKN, actor: nn.Module, info: ExportInputs, out: Path,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         tmp.chmod(0o755)
+        check_out_dir(out)  # again: the folder may have changed while exporting
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -205,7 +240,7 @@ def export_bundle(model: VRKN, actor: nn.Module, info: ExportInputs, out: Path,
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training.export_run import load_run_for_export
+    from training.export_run import load_run_for_export, resolve_source
 
     parser = argparse.ArgumentParser(
         prog="python -m training.export", description=__doc__,
@@ -216,15 +251,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip loading the written bundle with the torch-free runtime")
     args = parser.parse_args(argv)
     try:
+        check_out_dir(args.out, [resolve_source(args.source)[0]])
         model, actor, info = load_run_for_export(args.source)
         path = export_bundle(model, actor, info, args.out)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not args.no_verify:
-        from server.runtime import load_bundle
+        from server.runtime import BundleError, load_bundle
 
-        bundle = load_bundle(path)
+        try:
+            bundle = load_bundle(path)
+        except BundleError as e:
+            print(f"error: the written bundle does not load: {e}", file=sys.stderr)
+            return 1
         print(f"verified with ONNX Runtime ({', '.join(bundle.providers)})")
     print(f"wrote {path}")
     return 0

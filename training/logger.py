@@ -13,29 +13,37 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 METRICS = "metrics.jsonl"
 
 
-def truncate_metrics(path: Path, max_step: int) -> None:
-    """Keep only records with ``step <= max_step`` (a resumed run rewrites what came after
-    its checkpoint); the file is replaced atomically."""
+def truncate_metrics(path: Path, max_step: float = math.inf, rows: int | None = None
+                     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Keep the first ``rows`` records (when given) with ``step <= max_step``: what a resumed
+    run does not redo; lines cut by a kill are dropped. The file is replaced atomically.
+    Returns the (kept, dropped) records."""
     if not path.exists():
-        return
-    kept = []
+        return [], []
+    kept: list[dict[str, Any]] = []
+    dropped: list[dict[str, Any]] = []
     for line in path.read_text().splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut by a kill
-        if record.get("step", math.inf) <= max_step:
-            kept.append(line)
+        if not isinstance(record, dict):
+            continue
+        keep = (rows is None or len(kept) < rows) and record.get("step", math.inf) <= max_step
+        (kept if keep else dropped).append(record)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(f"{line}\n" for line in kept))
+    tmp.write_text("".join(f"{json.dumps(record)}\n" for record in kept))
     os.replace(tmp, path)
+    return kept, dropped
 
 
 def _clean(value: Any) -> Any:
@@ -45,12 +53,33 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if k not in ("step", "wall_time")
+            and isinstance(v, int | float) and not isinstance(v, bool)}
+
+
 class Logger:
-    def __init__(self, run_dir: Path, tensorboard: bool = True, purge_step: int | None = None):
+    """Appends records to metrics.jsonl (and TensorBoard). ``rows`` counts the records in
+    the file; a checkpoint stores it, and a resumed run passes it back as ``keep_rows`` so
+    that what came after the checkpoint (and is redone) is dropped from both, by count:
+    rows at the checkpoint's own step written after it (an evaluation) go too.
+    ``keep_rows=0`` (no checkpoint yet) starts over. ``purge_step`` alone (checkpoints
+    without the count) keeps the records up to that step."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True, purge_step: int | None = None,
+                 keep_rows: int | None = None):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / METRICS
-        if purge_step is not None:
-            truncate_metrics(self.path, purge_step)
+        kept: list[dict[str, Any]] = []
+        purge: int | None = None  # TensorBoard hides earlier events at steps >= purge
+        if keep_rows is not None or purge_step is not None:
+            max_step = math.inf if purge_step is None else purge_step
+            kept, dropped = truncate_metrics(self.path, max_step, keep_rows)
+            if dropped:
+                purge = int(min(r.get("step", 0) for r in dropped))
+            elif purge_step is not None:
+                purge = purge_step + 1
+        self.rows = len(kept)
         self.file = open(self.path, "a")
         self.writer = None
         if tensorboard:
@@ -61,26 +90,48 @@ class Logger:
                               "(pip install tensorboard, or --log.tensorboard false)",
                               stacklevel=2)
             else:
-                # TensorBoard purges events at steps >= purge_step; keep the checkpoint's own.
-                purge = None if purge_step is None else purge_step + 1
                 self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge)
+                # Kept records at the purged steps (the checkpoint's own step) again.
+                for record in kept:
+                    if purge is not None and record.get("step", -1) >= purge:
+                        self._tensorboard(int(record["step"]), _scalars(record),
+                                          record.get("wall_time"))
+
+    def _tensorboard(self, step: int, metrics: Mapping[str, Any],
+                     wall_time: float | None = None) -> None:
+        assert self.writer is not None
+        for key, value in _scalars(metrics).items():
+            self.writer.add_scalar(key, value, step, walltime=wall_time)
+        self.writer.flush()
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
         record = {"step": int(step), **{k: _clean(v) for k, v in metrics.items()},
                   "wall_time": round(time.time(), 3)}
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
+        self.rows += 1
         if self.writer is not None:
-            for key, value in metrics.items():
-                if isinstance(value, int | float) and not isinstance(value, bool):
-                    self.writer.add_scalar(key, value, step)
-            self.writer.flush()
+            self._tensorboard(int(step), metrics)
         return record
 
     def close(self) -> None:
         self.file.close()
         if self.writer is not None:
             self.writer.close()
+
+
+def log_episode_files(logger: Logger, files: Sequence[Path], step: int, episodes: int,
+                      repeat: int) -> None:
+    """Rows (return, length, episode count) of the episode files finished after ``step``
+    environment steps and ``episodes`` episodes: after a restart, the episodes collected
+    past the checkpoint stay in replay while their iteration's row went with the rest of
+    what the restart redoes."""
+    for index, path in enumerate(files, episodes + 1):
+        with np.load(path) as episode:
+            reward = episode["reward"]
+        step += (len(reward) - 1) * repeat
+        logger.write(step, {"train/return": float(np.sum(reward[1:])),
+                            "train/length": float(len(reward) - 1), "train/episodes": index})
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

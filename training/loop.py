@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from estimator.batch import SensorSpec
 from estimator.models import make_world_model
+from estimator.state_head import StateHead, fit_scaling
 from estimator.world_model import WorldModel
 from training.agent import Agent, AgentPolicy, RandomPolicy
 from training.checkpoint import (
@@ -38,8 +39,10 @@ from training.checkpoint import (
 )
 from training.config import RunConfig, agent_action_repeat, model_config, task_overrides, to_json
 from training.driver import EnvFactory, Envs, episode_return, make_envs, run_episodes
-from training.logger import Logger
+from training.logger import Logger, log_episode_files
+from training.perf import apply_conv_speed, tune_malloc
 from training.replay import EpisodeReplay, Normalizer
+from training.state_eval import Observers, StateRecorder
 from training.video import VideoRecorder
 
 ModelFactory = Callable[[RunConfig, tuple[SensorSpec, ...], int], WorldModel]
@@ -122,6 +125,8 @@ class Trainer:
 
     def setup(self) -> None:
         c = self.config
+        if c.perf.malloc:
+            tune_malloc()
         if c.threads:
             torch.set_num_threads(c.threads)
         elif self.device.type == "cpu":
@@ -138,16 +143,31 @@ class Trainer:
         self.action_dim = int(self.envs.act_space.shape[0])
         torch.manual_seed(c.seed)  # parameter initialisation
         model = self.model_factory(c, self.specs, self.action_dim).to(self.device)
-        self.agent = make_agent(c, model).to(self.device)
+        self.agent = make_agent(c, model)
+        self.state_names = tuple(getattr(self.envs, "state_names", ()))
+        if self.state_names and "state" in self.envs.obs_space:
+            self.agent.attach_state_head(StateHead(model.feature_dim, self.state_names, c.state))
+        self.agent.to(self.device)
+        apply_conv_speed(model, c.perf.bf16, c.perf.channels_last, c.perf.compile_conv)
         self.normalizer: Normalizer | None = None
         self.checkpoint_steps: int | None = None
+        self.checkpoint_episodes = 0
+        self.metric_rows: int | None = 0  # records of metrics.jsonl a restart keeps
         path = self.run_dir / CHECKPOINT
         if path.exists():
             self.restore(load_checkpoint(path))
-        self.logger = Logger(self.run_dir, c.log.tensorboard, self.checkpoint_steps)
+        self.logger = Logger(self.run_dir, c.log.tensorboard, self.checkpoint_steps,
+                             self.metric_rows)
+        if self.checkpoint_steps is not None:  # episodes kept past the checkpoint: their rows
+            log_episode_files(self.logger, self.replay.files()[self.checkpoint_episodes:],
+                              self.checkpoint_steps, self.checkpoint_episodes, self.repeat)
 
     def restore(self, data: dict[str, Any]) -> None:
+        rates = {k: [g["lr"] for g in o.param_groups] for k, o in self.agent.optimisers().items()}
         self.agent.load_full_state(data["agent"])
+        for key, optimiser in self.agent.optimisers().items():  # the config's (resumable) rates
+            for group, lr in zip(optimiser.param_groups, rates[key], strict=True):
+                group["lr"] = lr
         self.counters = Counters(**data["counters"])
         self.counters.restarts += 1
         self.normalizer = Normalizer.from_state_dict(data["normalizer"])
@@ -157,6 +177,8 @@ class Trainer:
                                f"episodes but the checkpoint counted "
                                f"{data['train_episodes']}: episodes were removed")
         self.checkpoint_steps = int(data["env_steps"])
+        self.checkpoint_episodes = int(data["train_episodes"])
+        self.metric_rows = data.get("metric_rows")  # None: older checkpoints, keep by step
 
     def save(self) -> None:
         save_checkpoint(self.run_dir / CHECKPOINT, {
@@ -167,6 +189,7 @@ class Trainer:
             "normalizer": self.normalizer.state_dict() if self.normalizer else {},
             "rng": generator_states(self.generators()),
             "config": json.dumps(to_json(self.config)),
+            "metric_rows": self.logger.rows,
         })
 
     # ------------------------------------------------------------------ pieces
@@ -177,26 +200,34 @@ class Trainer:
         return self.env_steps >= c.steps or over_time
 
     def collect(self, policy: Callable, count: int) -> list:
+        """At least ``count`` episodes, every one into replay: each environment finishes one
+        per round, so with N environments the count rounds up to a multiple of N."""
         episodes: list = []
         while len(episodes) < count:
             for episode in run_episodes(self.envs, policy, self.action_dim):
-                if len(episodes) < count:
-                    self.replay.add(episode)
-                    episodes.append(episode)
+                self.replay.add(episode)
+                episodes.append(episode)
         return episodes
 
     def prefill(self) -> None:
         c = self.config
         missing = c.loop.prefill_episodes - self.replay.total_episodes
         if missing > 0:
-            episodes = self.collect(RandomPolicy(self.action_dim, self.rng_prefill), missing)
+            self.collect(RandomPolicy(self.action_dim, self.rng_prefill), missing)
+        if self.checkpoint_steps is None:  # a start (or one killed before its checkpoint)
             self.logger.write(self.env_steps, {"prefill/return": float(np.mean(
-                [episode_return(e) for e in episodes])), "train/episodes":
+                [episode_return(e) for e in self.replay.episodes])), "train/episodes":
                 self.replay.total_episodes})
         if self.normalizer is None:
             vectors = [s.name for s in self.specs if s.kind == "vector"]
             self.normalizer = Normalizer.fit(self.replay.episodes[:c.loop.prefill_episodes],
                                              vectors)
+            head = self.agent.state_head
+            if head is not None:  # normalise the state head's targets (once, checkpointed)
+                states = np.concatenate([e["state"] for e in
+                                         self.replay.episodes[:c.loop.prefill_episodes]])
+                loc, scale = fit_scaling(torch.as_tensor(states))
+                head.set_scaling(loc.to(self.device), scale.to(self.device))
 
     def train(self, steps: int) -> dict[str, float]:
         c = self.config.replay
@@ -206,8 +237,14 @@ class Trainer:
             data = self.normalizer(self.replay.sample(c.batch, c.length, self.rng_replay))
             for key in ("is_last", "is_terminal"):
                 data.pop(key, None)
+            # The privileged state goes to the state head only; the model never sees it.
+            state = data.pop("state", None)
+            if state is not None and self.agent.state_head is not None:
+                state = torch.as_tensor(state, device=self.device)
+            else:
+                state = None
             batch = self.agent.model.to_batch(data)
-            metrics = self.agent.update(batch, self.g_train)
+            metrics = self.agent.update(batch, self.g_train, state)
             self.counters.updates += 1
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + v
@@ -221,14 +258,15 @@ class Trainer:
             self.eval_envs = self.env_factory(c.task, seeds, self.overrides)
         model = self.agent.model
         recorder = VideoRecorder(model, c.log.video_steps) if c.log.video else None
+        states = StateRecorder(model) if self.agent.state_head is not None else None
         policy = AgentPolicy(self.agent, self.normalizer, self.device, False, self.g_act,
-                             recorder)
+                             Observers(recorder, states))
         model.set_dropout(False)
         episodes: list = []
         try:
             while len(episodes) < c.loop.eval_episodes:
                 episodes += run_episodes(self.eval_envs, policy, self.action_dim)
-                policy.observer = None  # video of the first episode only
+                policy.observer = Observers(states)  # video of the first episode only
         finally:
             model.set_dropout(True)
         returns = [episode_return(e) for e in episodes[:c.loop.eval_episodes]]
@@ -236,7 +274,9 @@ class Trainer:
         self.counters.last_eval_iteration = self.counters.iteration
         if recorder is not None:
             recorder.save(self.run_dir / "videos" / f"eval_{self.env_steps:09d}.gif")
-        return {"eval/return": float(np.mean(returns)), "eval/return_std": float(np.std(returns)),
+        state_metrics = {} if states is None else states.metrics(self.agent.state_head)
+        return {**state_metrics,
+                "eval/return": float(np.mean(returns)), "eval/return_std": float(np.std(returns)),
                 "eval/return_min": float(np.min(returns)),
                 "eval/return_max": float(np.max(returns)), "eval/episodes": len(returns),
                 "eval/length": float(np.mean([len(e["reward"]) - 1 for e in episodes]))}

@@ -23,16 +23,28 @@ class PlanetAgent(Agent):
     def optimisers(self) -> dict[str, torch.optim.Optimizer]:
         return {"model": self.model_opt}
 
-    def update(self, batch: SequenceBatch, generator: torch.Generator) -> dict[str, float]:
+    def update(self, batch: SequenceBatch, generator: torch.Generator,
+               state: Tensor | None = None) -> dict[str, float]:
         self.model.set_dropout(True)
         loss, wm = self.model.loss(batch, generator)
         check_finite("world-model loss", loss, wm)
+        aux, aux_metrics = self.joint_state_loss(batch, generator, state)
+        if aux is not None:
+            loss = loss + aux
         self.model_opt.zero_grad(set_to_none=True)
         loss.backward()
         norm = clipped_step("world-model", self.model_opt, list(self.model.parameters()),
                             self.config.grad_clip)
         out = {f"wm/{k}": v for k, v in wm.items()}
         out["wm/grad_norm"] = norm
+        out.update(aux_metrics)
+        if aux is not None:
+            assert self.state_head is not None
+            clipped_step("state-head", self.state_opt, list(self.state_head.parameters()),
+                         self.config.grad_clip)
+        elif state is not None and self.state_head is not None:
+            with torch.no_grad():
+                out.update(self.state_probe_update(self.model.observe(batch, generator), state))
         return out
 
     def act(self, state: State, explore: bool, generator: torch.Generator) -> Tensor:

@@ -3,9 +3,10 @@
 The defaults are the paper's Dreamer reference settings (DESIGN §3). The experiment presets
 of the paper (standard tasks, occlusion by disks or walls, missing frames, fusion; each with
 and without action noise) differ only in the task: they choose the variant on
-``cartpole_swingup``; ``--task`` picks another base task (e.g.
-``--preset fusion-noise --task walker_walk-fusion-noise``) and ``--model`` the world model
-(vrkn, vrkn_no_dropout, rssm, smooth_rssm, mcd_rssm). ``planet`` holds the PlaNet
+``cartpole_swingup``, or on the base task given with ``--task`` (``--preset fusion-noise
+--task walker_walk`` trains ``walker_walk-fusion-noise``; a ``--task`` naming another variant
+is refused), and ``--model`` the world model (vrkn, vrkn_no_dropout, rssm, smooth_rssm,
+mcd_rssm). ``planet`` holds the PlaNet
 reference settings, ``debug`` a tiny run for tests, ``cpu`` the small CPU settings of the
 learning benchmark (bench/learning.py).
 
@@ -27,6 +28,7 @@ class Preset:
     help: str
     values: dict[str, Any] = field(default_factory=dict)
     wm: dict[str, dict[str, Any]] = field(default_factory=dict)  # family -> overrides
+    variant: str | None = None  # experiment presets: task suffix, e.g. "-fusion-noise"
 
 
 def model_family(model: str) -> str:
@@ -76,13 +78,13 @@ def _presets() -> dict[str, Preset]:
         "cpu": Preset(
             "small CPU learning run (bench/learning.py): cartpole_swingup-fusion, 1000-step "
             "episodes at action repeat 2 (Dreamer's), batch 32x32, 256 imagination starts, 50 "
-            "updates per episode, small nets",
+            "updates per episode, small nets, bf16 conv autocast",
             {"task": "cartpole_swingup-fusion", "env.action_repeat": 2,
              "env.episode_length": 1000, "replay.batch": 32, "replay.length": 32,
              "loop.prefill_episodes": 5, "loop.train_steps": 50, "loop.eval_every": 5,
              "loop.eval_episodes": 5, "dreamer.hidden": 128, "dreamer.layers": 2,
              "dreamer.imag_starts": 256, "dreamer.actor_lr": 2e-4, "dreamer.value_lr": 2e-4,
-             "log.video_steps": 100},
+             "log.video_steps": 100, "perf.bf16": True},
             {"vrkn": CPU_VRKN, "rssm": CPU_RSSM}),
     }
     for name, (suffix, text) in VARIANTS.items():
@@ -90,7 +92,9 @@ def _presets() -> dict[str, Preset]:
             key = name + ("-noise" if noise else "")
             task = EXPERIMENT_BASE + suffix + ("-noise" if noise else "")
             extra = " with action noise (paper Sec. 4.2)" if noise else ""
-            presets[key] = Preset(f"{text}{extra}: task {task}", {"task": task})
+            presets[key] = Preset(f"{text}{extra}: task {task} (--task BASE: BASE"
+                                  f"{task.removeprefix(EXPERIMENT_BASE)})", {"task": task},
+                                  variant=task.removeprefix(EXPERIMENT_BASE))
     return presets
 
 
@@ -108,6 +112,18 @@ def describe() -> str:
     return "\n".join(f"  {name:<{width}}  {p.help}" for name, p in PRESETS.items())
 
 
+def variant_task(task: str, preset: str, suffix: str) -> str:
+    """``--task`` under an experiment preset: a base task gets the preset's variant suffix;
+    a name with that suffix stays; a name with another variant is refused."""
+    base = task.split("-", 1)[0]
+    if task in (base, base + suffix):
+        return base + suffix
+    name = suffix.lstrip("-") or "standard"
+    raise ConfigError(f"preset {preset!r} picks the variant {name!r} of the base task given "
+                      f"with --task, but --task {task!r} names another; give the base task "
+                      f"(--task {base} -> {base + suffix}) or drop the preset")
+
+
 def resolve(presets: Sequence[str] = (), overrides: dict[str, Any] | None = None,
             wm: dict[str, Any] | None = None, base: RunConfig | None = None) -> RunConfig:
     """defaults (or ``base``) < presets in order < ``overrides`` (dotted keys) < ``wm``
@@ -115,9 +131,12 @@ def resolve(presets: Sequence[str] = (), overrides: dict[str, Any] | None = None
     flat = to_flat(base if base is not None else RunConfig())
     valid = field_types()
     family_wm: dict[str, dict[str, Any]] = {}
+    variant: tuple[str, str] | None = None  # (preset, suffix) of the last preset setting the task
     for name in presets:
         preset = get_preset(name)
         flat.update(preset.values)
+        if "task" in preset.values:
+            variant = None if preset.variant is None else (name, preset.variant)
         for family, values in preset.wm.items():
             family_wm.setdefault(family, {}).update(values)
     overrides = dict(overrides or {})
@@ -125,6 +144,8 @@ def resolve(presets: Sequence[str] = (), overrides: dict[str, Any] | None = None
     if unknown:
         raise ConfigError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
     flat.update(overrides)
+    if variant is not None and isinstance(overrides.get("task"), str):
+        flat["task"] = variant_task(overrides["task"], *variant)
     from estimator.models import MODELS
 
     if flat["model"] not in MODELS:

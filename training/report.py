@@ -5,8 +5,10 @@
 
 A run directory holds ``config.json`` (with at least "agent", "model", "task", "seed") and
 ``metrics.jsonl`` (one JSON object per line with "step", the environment steps, and metric
-keys such as "eval/return"). Runs are grouped by (agent, model); tasks are the strata of
-the bootstrap. Scores are the metric divided by ``--scale`` (DMC returns lie in [0, 1000]).
+keys such as "eval/return"). Runs are grouped by (agent, model), and split further where
+their configs differ (``training.report_configs``; e.g. ``vrkn [replay.batch=16]``): they
+are never pooled. Tasks are the strata of the bootstrap. Scores are the metric divided by
+``--scale`` (DMC returns lie in [0, 1000]).
 
 Step grid, one per agent: the evaluation steps shared by every run of that agent when all
 runs evaluated at the same steps; otherwise the union of their evaluation steps within the
@@ -29,11 +31,12 @@ import math
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from training.report_configs import config_differences, config_label, flat_config
 from training.stats import Interval, iqm, mean, median, pooled, stratified_bootstrap_ci
 
 log = logging.getLogger(__name__)
@@ -53,6 +56,7 @@ class Run:
     seed: object
     steps: np.ndarray  # [E] increasing environment steps
     values: np.ndarray  # [E] the metric at those steps
+    config: dict[str, str] = field(default_factory=dict)  # dotted key -> JSON value
 
 
 @dataclass(frozen=True)
@@ -67,10 +71,15 @@ class Summary:
     final: Interval  # IQM at steps[-1]
     final_mean: float
     final_median: float
+    config: str = ""  # the config differences that set this group apart, "key=value, ..."
 
     @property
     def runs(self) -> int:
         return sum(self.runs_per_task.values())
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} [{self.config}]" if self.config else self.model
 
 
 # ---------------------------------------------------------------------------- loading
@@ -133,7 +142,18 @@ def load_run(path: Path, metric: str) -> Run:
         raise ReportError(f"{metrics_file}: no {metric!r} values (metric missing)")
     steps = np.array(sorted(points))
     return Run(path, str(config["agent"]), str(config["model"]), str(config["task"]),
-               config["seed"], steps, np.array([points[s] for s in steps]))
+               config["seed"], steps, np.array([points[s] for s in steps]),
+               flat_config(config))
+
+
+def split_by_config(runs: Sequence[Run]) -> dict[str, list[Run]]:
+    """"key=value, ..." of the differing config keys -> its runs (one group "" when the
+    configs agree)."""
+    keys = config_differences([r.config for r in runs])
+    groups: dict[str, list[Run]] = defaultdict(list)
+    for r in runs:
+        groups[config_label(r.config, keys)].append(r)
+    return dict(groups)
 
 
 def _is_number(x: object) -> bool:
@@ -205,7 +225,15 @@ def summarise(runs: Sequence[Run], *, steps: Sequence[float] | None = None,
         if len({tuple(t) for t in task_sets.values()}) > 1:
             log.warning("%s: the models ran on different tasks %s; their IQMs are not "
                         "comparable", agent, task_sets)
+        groups = []
         for model, model_runs in sorted(by_model.items()):
+            differences = config_differences([r.config for r in model_runs])
+            if differences:
+                log.warning("%s/%s: the runs' configs differ in %s; they are reported as "
+                            "separate groups, not pooled", agent, model, ", ".join(differences))
+            groups += [(model, config, rs) for config, rs in
+                       sorted(split_by_config(model_runs).items())]
+        for model, config, model_runs in groups:
             scores = scores_by_task(model_runs, grid, scale)
             if any(len(s) < 2 for s in scores.values()):
                 log.warning("%s/%s: a task with one run; its CI shows no seed variation",
@@ -217,7 +245,7 @@ def summarise(runs: Sequence[Run], *, steps: Sequence[float] | None = None,
                 agent, model, {t: len(s) for t, s in scores.items()}, grid,
                 stratified_bootstrap_ci(strata, iqm, rng=np.random.default_rng(seed), **kw),
                 stratified_bootstrap_ci(final, iqm, rng=np.random.default_rng(seed), **kw),
-                float(mean(pooled(final))), float(median(pooled(final)))))
+                float(mean(pooled(final))), float(median(pooled(final))), config))
     return out
 
 
@@ -226,7 +254,7 @@ def summarise(runs: Sequence[Run], *, steps: Sequence[float] | None = None,
 def _colours(summaries: Sequence[Summary]) -> dict[str, tuple]:
     from matplotlib import colormaps  # matplotlib only when plotting
 
-    models = sorted({s.model for s in summaries})
+    models = sorted({s.label for s in summaries})
     cmap = colormaps["tab10"]
     return {m: cmap(i % 10) for i, m in enumerate(models)}
 
@@ -242,8 +270,8 @@ def plot_curves(summaries: Sequence[Summary], path: Path, ylabel: str) -> None:
     for ax, agent in zip(axes, agents, strict=True):
         rows = [s for s in summaries if s.agent == agent]
         for s in rows:
-            c = colours[s.model]
-            ax.plot(s.steps, s.curve.point, color=c, lw=2, label=f"{s.model} ({s.runs} runs)")
+            c = colours[s.label]
+            ax.plot(s.steps, s.curve.point, color=c, lw=2, label=f"{s.label} ({s.runs} runs)")
             ax.fill_between(s.steps, s.curve.lower, s.curve.upper, color=c, alpha=0.2, lw=0)
         tasks = sorted({t for s in rows for t in s.runs_per_task})
         ax.set_title(f"{agent}: {len(tasks)} task{'s' * (len(tasks) != 1)}")
@@ -263,11 +291,11 @@ def plot_final(summaries: Sequence[Summary], path: Path, xlabel: str) -> None:
     ax = fig.subplots()
     for y, s in enumerate(reversed(summaries)):
         lo, hi = float(s.final.lower), float(s.final.upper)
-        ax.plot([lo, hi], [y, y], color=colours[s.model], lw=6, alpha=0.35,
+        ax.plot([lo, hi], [y, y], color=colours[s.label], lw=6, alpha=0.35,
                 solid_capstyle="butt")
-        ax.plot(float(s.final.point), y, "o", color=colours[s.model], ms=7)
+        ax.plot(float(s.final.point), y, "o", color=colours[s.label], ms=7)
     ax.set_yticks(range(len(summaries)),
-                  [f"{s.agent} / {s.model}  (step {s.steps[-1]:,.0f})"
+                  [f"{s.agent} / {s.label}  (step {s.steps[-1]:,.0f})"
                    for s in reversed(summaries)])
     ax.set_ylim(-0.6, len(summaries) - 0.4)
     ax.set_xlabel(xlabel)
@@ -287,13 +315,16 @@ def markdown(summaries: Sequence[Summary], *, metric: str, scale: float, reps: i
         f"| agent | model | tasks | runs | step | IQM | {pct} CI | mean | median |",
         "|---|---|---:|---:|---:|---:|---|---:|---:|",
     ]
+    if any(s.config for s in summaries):
+        lines[2:2] = ["Runs whose configs differ are not pooled: each `model [key=value, ...]` "
+                      "is a group of its own (`-`: the key is not set).", ""]
     for s in summaries:
-        lines.append(f"| {s.agent} | {s.model} | {len(s.runs_per_task)} | {s.runs} | "
+        lines.append(f"| {s.agent} | {s.label} | {len(s.runs_per_task)} | {s.runs} | "
                      f"{s.steps[-1]:.0f} | {float(s.final.point):.3f} | "
                      f"[{float(s.final.lower):.3f}, {float(s.final.upper):.3f}] | "
                      f"{s.final_mean:.3f} | {s.final_median:.3f} |")
     lines += ["", "Runs per task:", ""]
-    lines += [f"- {s.agent} / {s.model}: "
+    lines += [f"- {s.agent} / {s.label}: "
               + ", ".join(f"{t} ({n})" for t, n in s.runs_per_task.items()) for s in summaries]
     lines += ["", "![learning curves](curves.png)", "", "![final performance](final.png)", ""]
     return "\n".join(lines)
@@ -303,7 +334,8 @@ def summary_json(summaries: Sequence[Summary]) -> list[dict]:
     def interval(i: Interval) -> dict:
         return {k: np.asarray(getattr(i, k)).tolist() for k in ("point", "lower", "upper")}
 
-    return [{"agent": s.agent, "model": s.model, "runs_per_task": s.runs_per_task,
+    return [{"agent": s.agent, "model": s.model, "config": s.config,
+             "runs_per_task": s.runs_per_task,
              "steps": s.steps.tolist(), "curve": interval(s.curve),
              "final": interval(s.final), "final_mean": s.final_mean,
              "final_median": s.final_median} for s in summaries]
@@ -357,7 +389,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:  # ReportError, or a bad setting such as --reps 0
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{len(runs)} runs, {len(summaries)} (agent, model) groups -> "
+    split = ", config differences" if any(s.config for s in summaries) else ""
+    print(f"{len(runs)} runs, {len(summaries)} (agent, model{split}) groups -> "
           + ", ".join(map(str, paths)))
     return 0
 

@@ -100,6 +100,7 @@ class VideoRecorder:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-        imageio.mimsave(tmp, self.frames, duration=1.0 / fps, loop=0)
+        # imageio's GIF writer (pillow) takes the frame duration in milliseconds.
+        imageio.mimsave(tmp, self.frames, duration=round(1000 / fps), loop=0)
         tmp.replace(path)
         return path

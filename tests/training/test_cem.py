@@ -36,6 +36,9 @@ class PointMass(WorldModel):
     def features(self, state: PointState) -> Tensor:
         return state.z
 
+    def feature_moments(self, state: PointState):
+        return state.z, torch.zeros_like(state.z)
+
     def reward(self, features: Tensor) -> Tensor:
         return -(features - self.target).square().sum(-1)
 
@@ -52,7 +55,7 @@ class PointMass(WorldModel):
     def observe(self, batch, generator=None):
         raise NotImplementedError
 
-    def loss(self, batch, generator=None):
+    def loss_and_posterior(self, batch, generator=None):
         raise NotImplementedError
 
     def filter_step(self, state, action, sensors, generator=None):

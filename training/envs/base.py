@@ -10,6 +10,8 @@ Keys of the observation dict:
 * ``proprio`` float32 [P], ``valid/proprio`` bool, ``time/proprio`` float64 (fusion)
 * ``mask/image`` bool [H, W], True where the pixel is visible (occlusion tasks)
 * ``reward`` float32, ``is_first``, ``is_last``, ``is_terminal`` bool
+* ``state`` float32 [S]: the simulator's privileged state (``training.envs.state``), for
+  judging the estimator only; never a model input. ``Task.state_names`` names its elements.
 
 A missing sensor reading is all zeros with ``valid/<sensor>`` False and
 ``time/<sensor>`` 0.0. Time stamps are seconds of physics time at which the
@@ -64,6 +66,11 @@ class Task(ABC):
         missing-frames wrapper uses it so that dropped frames cost no rendering.
         """
 
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        """Names of the ``state`` elements; () for a task without a privileged state."""
+        return ()
+
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to free by default
         """Release rendering and simulation resources."""
 
@@ -100,6 +107,10 @@ class Wrapper(Task):
     @property
     def sensors(self) -> tuple[str, ...]:
         return self.task.sensors
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        return self.task.state_names
 
     def reset(self) -> Obs:
         return self.task.reset()

@@ -11,6 +11,7 @@ import numpy as np
 from training.envs.base import Obs, Task
 from training.envs.rendering import CameraFrames, configure_headless_rendering
 from training.envs.spaces import ArraySpace, bool_space, check_action, time_space
+from training.envs.state import concat_state, state_names
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,10 @@ class DMCTask(Task):
         spec = self._env.action_spec()
         self._act_space = ArraySpace(spec.shape, np.float64, spec.minimum, spec.maximum)
         size = settings.image_size
+        obs_spec = self._env.observation_spec()
+        self._state_keys = tuple(obs_spec)
+        self._state_names = state_names({k: v.shape for k, v in obs_spec.items()},
+                                       settings.domain, f"{settings.domain}_{settings.task}")
         self._obs_space = {
             "image": ArraySpace((size, size, 3), np.uint8, 0, 255),
             "valid/image": bool_space(),
@@ -85,6 +90,7 @@ class DMCTask(Task):
             "is_first": bool_space(),
             "is_last": bool_space(),
             "is_terminal": bool_space(),
+            "state": ArraySpace((len(self._state_names),), np.float32),
         }
         self._control_period = self._env.control_timestep() * settings.action_repeat
         self._env_steps = 0
@@ -106,6 +112,10 @@ class DMCTask(Task):
     @property
     def sensors(self) -> tuple[str, ...]:
         return ("image",)
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        return self._state_names
 
     @property
     def state_spec(self) -> dict[str, tuple[int, ...]]:
@@ -163,6 +173,7 @@ class DMCTask(Task):
             "is_first": np.bool_(first),
             "is_last": np.bool_(last),
             "is_terminal": np.bool_(terminal),
+            "state": concat_state(self.state_observation, self._state_keys),
         }
 
     def close(self) -> None:

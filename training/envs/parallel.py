@@ -43,7 +43,8 @@ def _worker(conn: Connection, name: str, seed: int, overrides: dict[str, Any]) -
                 elif command == _STEP:
                     result = task.step(payload)
                 elif command == _INFO:
-                    result = (task.obs_space, task.act_space, task.sensors, task.control_period)
+                    result = (task.obs_space, task.act_space, task.sensors, task.control_period,
+                              task.state_names)
                 elif command == _CLOSE:
                     conn.send((_OK, None))
                     return
@@ -103,9 +104,8 @@ class ParallelEnvs:
                 self._conns.append(parent)
                 self._processes.append(process)
             self._needs_reset = [True] * len(seeds)
-            self.obs_space, self.act_space, self.sensors, self.control_period = self._call(
-                [(_INFO, None)] * len(seeds)
-            )[0]
+            (self.obs_space, self.act_space, self.sensors, self.control_period,
+             self.state_names) = self._call([(_INFO, None)] * len(seeds))[0]
         except BaseException:
             self.close()
             raise

@@ -1,4 +1,7 @@
-"""CLI: ``python -m training.lgssm --out DIR [--quick] [...]`` (see ``--help``)."""
+"""CLI: ``python -m training.lgssm --out DIR [--quick] [...]`` (see ``--help``).
+
+Exit code 0 when every claim check passes, 1 when any fails (the outputs are written
+either way), 2 for bad options."""
 
 from __future__ import annotations
 
@@ -143,5 +146,16 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """``main``, then the exit code: 1 when a claim check failed."""
+    results = main(argv)
+    failed = [c["claim"] for c in results["claims"].values() if not c["holds"]]
+    if failed:
+        print(f"error: {len(failed)} of {len(results['claims'])} claim checks failed: "
+              f"{'; '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(cli(sys.argv[1:]))
