@@ -9,7 +9,7 @@ seconds per update and peak memory, and writes bench/results/world_model.{json,m
     python bench/world_model.py [--repeats 3] [--models vrkn,rssm] [--sizes 16,50]
 
 The subprocesses run with glibc's malloc thresholds raised (MALLOC_MMAP_THRESHOLD_,
-MALLOC_TRIM_THRESHOLD_; DESIGN §6: page faults otherwise take ~40% of the update), and one
+MALLOC_TRIM_THRESHOLD_; docs/design.md §6: page faults otherwise take ~40% of the update), and one
 extra row measures the default allocator on the same configuration for comparison.
 """
 

@@ -39,6 +39,13 @@ class OutOfRangeError(EstimatorError):
     code = "OUT_OF_RANGE"
 
 
+class AbortedError(EstimatorError):
+    """The session was reset while this message was being encoded; it was not recorded
+    (it belongs to the old time axis: not retried)."""
+
+    code = "ABORTED"
+
+
 class UnauthenticatedError(EstimatorError):
     code = "UNAUTHENTICATED"
 
@@ -63,12 +70,12 @@ class InternalError(EstimatorError):
 
 BY_CODE: dict[str, type[EstimatorError]] = {
     cls.code: cls for cls in (NotFoundError, InvalidArgumentError, OutOfRangeError,
-                              UnauthenticatedError, ResourceExhaustedError, UnavailableError,
-                              DeadlineExceededError, InternalError)
+                              AbortedError, UnauthenticatedError, ResourceExhaustedError,
+                              UnavailableError, DeadlineExceededError, InternalError)
 }
 HTTP_CODES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 404: "NOT_FOUND",
-              413: "INVALID_ARGUMENT", 422: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED",
-              503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+              409: "ABORTED", 413: "INVALID_ARGUMENT", 422: "INVALID_ARGUMENT",
+              429: "RESOURCE_EXHAUSTED", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
 
 
 def error_for(code: str, message: str, reason: str | None = None,

@@ -32,6 +32,7 @@ class ModelInfo:
     sensors: tuple[SensorSpec, ...]  # in fusion order
     code_version: str
     manifest_sha256: str
+    state_names: tuple[str, ...] = ()  # the estimated physical state; () without a head
 
     def sensor(self, name: str) -> SensorSpec:
         for s in self.sensors:
@@ -58,6 +59,32 @@ class SessionInfo:
     idle_s: float = 0.0
 
 
+Z90 = 1.6448536269514722  # half-width of a central 90% Gaussian interval, in std
+
+
+@dataclass(frozen=True)
+class StateEstimate:
+    """The robot's physical state: named elements, mean and variance in physical units."""
+
+    names: tuple[str, ...]
+    mean: np.ndarray  # float32 [S]
+    var: np.ndarray  # float32 [S]
+
+    def __getitem__(self, name: str) -> tuple[float, float]:
+        """(mean, std) of element ``name``, e.g. ``state["pole_angular_velocity"]``."""
+        try:
+            i = self.names.index(name)
+        except ValueError:
+            raise KeyError(f"no state element {name!r}; the state has {list(self.names)}"
+                           ) from None
+        return float(self.mean[i]), float(np.sqrt(self.var[i]))
+
+    def interval(self, name: str, z: float = Z90) -> tuple[float, float]:
+        """The central interval of element ``name`` (90% by default)."""
+        mean, std = self[name]
+        return mean - z * std, mean + z * std
+
+
 @dataclass(frozen=True)
 class Belief:
     session_id: str
@@ -69,6 +96,8 @@ class Belief:
     var: np.ndarray  # float32 [L]
     decoded: dict[str, np.ndarray]  # decoded estimates in sensor units, e.g. "proprio"
     reward: float
+    state: StateEstimate | None = None  # the physical state; None without a state head
+    decoded_var: dict[str, np.ndarray] = field(default_factory=dict)  # their variances
 
 
 @dataclass(frozen=True)
@@ -117,7 +146,8 @@ def model_from_pb(m: Any) -> ModelInfo:
         action_high=_f32(m.action_high),
         sensors=tuple(SensorSpec(s.name, s.kind, tuple(s.shape), s.dtype, s.decoded)
                       for s in m.sensors),
-        code_version=m.code_version, manifest_sha256=m.manifest_sha256)
+        code_version=m.code_version, manifest_sha256=m.manifest_sha256,
+        state_names=tuple(m.state_names))
 
 
 def session_from_pb(s: Any) -> SessionInfo:
@@ -136,7 +166,10 @@ def belief_from_pb(b: Any) -> Belief:
         session_id=b.session_id, timestamp=b.timestamp if b.HasField("timestamp") else None,
         tick=b.tick, newest_tick=b.newest_tick, predicted=b.predicted, mean=_f32(b.mean),
         var=_f32(b.var), decoded={k: _f32(v.values) for k, v in b.decoded.items()},
-        reward=float(b.reward))
+        reward=float(b.reward),
+        state=(StateEstimate(tuple(b.state.names), _f32(b.state.mean), _f32(b.state.var))
+               if b.HasField("state") else None),
+        decoded_var={k: _f32(v.values) for k, v in b.decoded_var.items()})
 
 
 def ack_from_pb(a: Any) -> Ack:
@@ -161,7 +194,8 @@ def model_from_json(m: dict) -> ModelInfo:
         action_low=_f32(m["action_low"]), action_high=_f32(m["action_high"]),
         sensors=tuple(SensorSpec(s["name"], s["kind"], tuple(s["shape"]), s["dtype"],
                                  s["decoded"]) for s in m["sensors"]),
-        code_version=m["code_version"], manifest_sha256=m["manifest_sha256"])
+        code_version=m["code_version"], manifest_sha256=m["manifest_sha256"],
+        state_names=tuple(m.get("state_names", ())))
 
 
 def session_from_json(s: dict) -> SessionInfo:
@@ -172,7 +206,10 @@ def belief_from_json(b: dict) -> Belief:
     return Belief(session_id=b["session_id"], timestamp=b["timestamp"], tick=b["tick"],
                   newest_tick=b["newest_tick"], predicted=b["predicted"], mean=_f32(b["mean"]),
                   var=_f32(b["var"]), decoded={k: _f32(v) for k, v in b["decoded"].items()},
-                  reward=float(b["reward"]))
+                  reward=float(b["reward"]),
+                  state=(StateEstimate(tuple(b["state"]["names"]), _f32(b["state"]["mean"]),
+                                       _f32(b["state"]["var"])) if b.get("state") else None),
+                  decoded_var={k: _f32(v) for k, v in b.get("decoded_var", {}).items()})
 
 
 def ack_from_json(a: dict) -> Ack:

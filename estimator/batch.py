@@ -1,4 +1,4 @@
-"""The world models' input: the observation-dict contract of DESIGN §5 as a typed batch.
+"""The world models' input: the observation-dict contract of docs/design.md §1 as a typed batch.
 
 A batch is ``[B, T, ...]`` per key. Sensors are described once by ``SensorSpec`` (the
 fusion order is the order of the specs); ``SequenceBatch.from_dict`` checks every key and

@@ -1,6 +1,6 @@
 """Diagonal Kalman filtering in a learned latent space: pure, batched, elementwise.
 
-Every function here implements one equation of ../shared/DESIGN.md §2 (the VRKN of
+Every function here implements one equation of docs/design.md §2 (the VRKN of
 paper Sec. 3.1-3.2 and 3.6) on diagonal Gaussians. Observation model is the identity
 (w_t ~ N(z_t, diag(sigma_w^2)), paper Sec. 3.2), so all algebra is elementwise over the
 latent axis and vectorised over batch. Shapes: one step ``[B, L]``, a sequence
@@ -46,7 +46,7 @@ class FilterResult(NamedTuple):
 
 
 def predict(posterior: Belief, transition: LinearTransition, validate: bool = True) -> Belief:
-    """Time update (DESIGN §2 "Predict"): mu- = A mu+ + b, var- = A^2 var+ + q.
+    """Time update (docs/design.md §2.2): mu- = A mu+ + b, var- = A^2 var+ + q.
 
     Paper Sec. 3.2, the closed-form marginalisation
     q(z_{t+1} | o_<=t) = integral q(z_{t+1} | z_t, a_t) q(z_t | o_<=t) dz_t.
@@ -59,7 +59,7 @@ def predict(posterior: Belief, transition: LinearTransition, validate: bool = Tr
 
 
 def update(prior: Belief, observation: LatentObservation, validate: bool = True) -> Belief:
-    """Masked Joseph-form measurement update with H = I (DESIGN §2 "Update").
+    """Masked Joseph-form measurement update with H = I (docs/design.md §2.3).
 
     K = var- / (var- + sigma_w^2); mu+ = mu- + K (w - mu-);
     var+ = (1 - K)^2 var- + K^2 sigma_w^2  (Joseph form: a sum of positive terms, so the
@@ -146,7 +146,7 @@ def kalman_filter(
     compiled: bool = False,
 ) -> FilterResult:
     """Filter a sequence: step 0 updates the initial belief without predicting
-    (DESIGN §2 "Initial state"); each later step predicts then fuses every sensor.
+    (docs/design.md §2.1); each later step predicts then fuses every sensor.
 
     Args:
         initial: belief over z_0 before any observation, ``[B, L]``.

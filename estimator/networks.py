@@ -1,4 +1,4 @@
-"""Encoders, decoders and heads shared by the world models (DESIGN §2).
+"""Encoders, decoders and heads shared by the world models (docs/design.md §3.1).
 
 Each network owns its defaults in a frozen dataclass. Images enter as uint8 ``[N, H, W, 3]``
 and are preprocessed here (5 bits, dequantisation noise in training).
@@ -28,7 +28,7 @@ def activation(name: str) -> nn.Module:
 def preprocess_image(image: Tensor, generator: torch.Generator | None = None,
                      dequantize: bool = True) -> Tensor:
     """uint8 [..., H, W, 3] -> float [..., 3, H, W] in [-0.5, 0.5): 5 bits, floor(x/8)/32 - 0.5,
-    plus U[0, 1/32) dequantisation noise when ``dequantize`` (training), DESIGN §2."""
+    plus U[0, 1/32) dequantisation noise when ``dequantize`` (training), docs/design.md §3.1."""
     if image.dtype != torch.uint8:
         raise ValueError(f"image must be uint8, got {image.dtype} (shape {tuple(image.shape)})")
     x = torch.div(image, 8, rounding_mode="floor").float() / 32.0 - 0.5
@@ -124,12 +124,13 @@ class ImageDecoder(ConvSpeed, nn.Module):
         return self._run(self.net, x.reshape(*x.shape, 1, 1))
 
 
-# softplus(0 + c) + 0.01 = 1.0 for the observation variance head (DESIGN §2).
+# softplus(0 + c) + 0.01 = 1.0 for the observation variance head (docs/design.md §3.1).
 OBS_VAR_OFFSET = math.log(math.expm1(0.99))
 
 
 class LatentObservationHead(nn.Module):
-    """w = linear(x) (no activation) and var = softplus(linear(x) + c) + 0.01 (DESIGN §2)."""
+    """w = linear(x) (no activation) and var = softplus(linear(x) + c) + 0.01
+    (docs/design.md §3.1)."""
 
     def __init__(self, in_dim: int, latent: int):
         super().__init__()
@@ -174,7 +175,7 @@ def gaussian_nll_unit(pred: Tensor, target: Tensor, event_dims: int) -> Tensor:
 def masked_image_nll(pred: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
     """Unit-variance image NLL per image ``[N]``; with a visibility mask ``[N, H, W]`` the sum
     over visible pixels is divided by their count and multiplied by the pixel count
-    (DESIGN §2, occlusion tasks)."""
+    (docs/design.md §3.2, occlusion tasks)."""
     per = 0.5 * (pred - target).square() + 0.5 * math.log(2 * math.pi)  # [N, 3, H, W]
     if mask is None:
         return per.flatten(1).sum(-1)

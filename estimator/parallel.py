@@ -1,7 +1,7 @@
 """Parallel-in-time (associative scan) diagonal Kalman filter and RTS smoother.
 
 Särkkä & García-Fernández (2021), "Temporal parallelization of Bayesian smoothers",
-IEEE TAC 66(1), specialised to the diagonal, identity-observation model of DESIGN §2:
+IEEE TAC 66(1), specialised to the diagonal, identity-observation model of docs/design.md §2:
 every matrix is a per-dimension scalar, so each combination is elementwise. Depth is
 O(log T) instead of O(T); results equal the sequential ``kalman_filter`` /
 ``rts_smoother`` to rounding. Only for transitions that do not depend on the filtered

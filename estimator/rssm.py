@@ -37,7 +37,7 @@ from estimator.world_model import (
 
 @dataclass(frozen=True)
 class RSSMConfig:
-    """RSSM hyperparameters (DESIGN §2); ``smooth``/``dropout`` select the variants."""
+    """RSSM hyperparameters (docs/design.md §3.3); ``smooth``/``dropout`` select the variants."""
 
     deter: int = 200
     stoch: int = 30

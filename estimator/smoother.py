@@ -1,6 +1,6 @@
 """Rauch-Tung-Striebel smoothing and the smoothed dynamics of the VRKN loss (paper Eq. 4).
 
-Equations of ../shared/DESIGN.md §2 ("RTS smoother", "Smoothed dynamics", paper
+Equations of docs/design.md §2.5 (RTS smoother) and §2.6 (smoothed dynamics, paper
 App. A.2), diagonal and elementwise, on the output of ``estimator.kalman.kalman_filter``.
 Indexing: ``transition`` entry t maps step t to t+1, ``prior`` at t+1 is its prediction.
 """
@@ -38,7 +38,7 @@ def smoother_gains(filtered: FilterResult) -> tuple[Tensor, Tensor]:
 
 
 def rts_smoother(filtered: FilterResult, validate: bool = True) -> SmootherResult:
-    """RTS smoother (DESIGN §2), backward from the last filtered posterior:
+    """RTS smoother (docs/design.md §2.5), backward from the last filtered posterior:
 
     mu^s_t  = mu+_t + C_t (mu^s_{t+1} - mu-_{t+1})
     var^s_t = var+_t + C_t^2 (var^s_{t+1} - var-_{t+1})
@@ -70,7 +70,7 @@ def rts_smoother(filtered: FilterResult, validate: bool = True) -> SmootherResul
 def smoothed_dynamics(smoothed: SmootherResult, z_prev: Tensor) -> Belief:
     """q(z_{t+1} | z_t = z_prev_t, o_>t) for t = 0..T-2, shape ``[B, T-1, L]``.
 
-    The conditional of the smoothed pairwise joint (paper App. A.2, DESIGN §2), whose
+    The conditional of the smoothed pairwise joint (paper App. A.2, docs/design.md §2.6), whose
     cross-covariance is Cov(z_t, z_{t+1}) = C_t var^s_{t+1}:
         G    = var^s_{t+1} C_t / var^s_t
         mean = mu^s_{t+1} + G (z_prev_t - mu^s_t)

@@ -2,7 +2,7 @@
 
 Linear(L + |a| -> H) + act + MC dropout; GRUCell(H -> L) whose hidden (memory) input
 is the posterior mean; MC dropout; Linear(L -> H) + act + MC dropout; Linear(H -> 3L)
-split into A, b, q with the bounded activations of DESIGN §2:
+split into A, b, q with the bounded activations of docs/design.md §3.1:
     A = 0.89 sigmoid(x + ln(0.8/0.09)) + 0.1   in (0.1, 0.99), A(0) = 0.9
     q = 0.099 sigmoid(x + ln(0.1)) + 0.001     in (0.001, 0.1), q(0) = 0.01
 """

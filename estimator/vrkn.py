@@ -1,4 +1,4 @@
-"""The Variational Recurrent Kalman Network world model (paper Sec. 3, DESIGN §2).
+"""The Variational Recurrent Kalman Network world model (paper Sec. 3, docs/design.md §3).
 
 Per sensor an encoder gives a latent observation (w, sigma_w^2) at its present steps; a
 Kalman filter with the transition network phi(mu+_t, a_t) fuses them sequentially; an
@@ -40,13 +40,13 @@ from estimator.world_model import (
     step_sensors,
 )
 
-# softplus(0 + c) + 0.001 = 1.0 for the learned initial variance (DESIGN §2).
+# softplus(0 + c) + 0.001 = 1.0 for the learned initial variance (docs/design.md §2.1).
 INIT_VAR_OFFSET = math.log(math.expm1(0.999))
 
 
 @dataclass(frozen=True)
 class VRKNConfig:
-    """VRKN hyperparameters; defaults are the paper's Dreamer settings (DESIGN §2-3)."""
+    """VRKN hyperparameters; defaults are the paper's Dreamer settings (docs/design.md §3.1)."""
 
     latent: int = 230
     hidden: int = 300  # transition network width (PlaNet: 200 with ELU)

@@ -82,7 +82,7 @@ class WorldModel(nn.Module, abc.ABC):
         return self.reward_head(features).squeeze(-1)
 
     def to_batch(self, data: dict[str, Tensor]) -> SequenceBatch:
-        """Check an observation dict (DESIGN §5, plus ``action``) against this model."""
+        """Check an observation dict (docs/design.md §1, plus ``action``) against this model."""
         return SequenceBatch.from_dict(data, self.specs, self.action_dim,
                                        device=next(self.parameters()).device)
 

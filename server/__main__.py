@@ -28,7 +28,6 @@ def parse_args(argv: list[str] | None = None) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     from server.app import run
-    from server.runtime import BundleError
     from server.settings import Settings
 
     overrides = parse_args(argv)
@@ -37,11 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    try:
-        run(settings)
-    except BundleError as e:  # a bad bundle: one line, not a traceback
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    run(settings)  # a bad bundle exits with a one-line message (server.app.serve)
     return 0
 
 

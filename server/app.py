@@ -18,6 +18,8 @@ from server.service import EstimatorService
 from server.settings import Settings
 
 log = logging.getLogger("server")
+# The model shipped in the repository (models/), served when no --bundle is given.
+SHIPPED_BUNDLE = Path(__file__).resolve().parent.parent / "models" / "cartpole_swingup-fusion"
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -43,6 +45,8 @@ async def serve(settings: Settings, models: dict[str, Model] | None = None,
 
     from server.grpc_service import build_grpc_server, set_serving
     from server.http_app import create_app
+    from server.http_protocol import guarded_protocol
+    from server.runtime import BundleError
 
     class _Uvicorn(uvicorn.Server):
         @contextlib.contextmanager
@@ -50,9 +54,19 @@ async def serve(settings: Settings, models: dict[str, Model] | None = None,
             yield
 
     if models is None:
-        if not settings.bundle:
-            raise SystemExit("no bundle: pass --bundle DIR (or set VRKN_BUNDLE='[\"DIR\"]')")
-        models = load_models(settings.bundle, settings.providers, settings.ort_threads)
+        bundles = list(settings.bundle)
+        if not bundles:  # the embedded default: the model shipped in the repository
+            if not (SHIPPED_BUNDLE / "manifest.json").is_file():
+                raise SystemExit(f"no bundle: pass --bundle DIR (or set VRKN_BUNDLE="
+                                 f"'[\"DIR\"]'); the shipped model {SHIPPED_BUNDLE} is missing")
+            bundles = [f"{SHIPPED_BUNDLE.name}={SHIPPED_BUNDLE}"]
+            log.info("no --bundle given: serving the shipped model %s", SHIPPED_BUNDLE)
+        try:  # a bundle that fails its checks, or providers not in use as requested
+            models = load_models(bundles, settings.providers, settings.ort_threads)
+        except BundleError as e:
+            raise SystemExit(f"error: {e}") from None  # one line, no traceback
+        for name, m in models.items():
+            log.info("model %s runs on %s", name, m.bundle.providers)
     service = EstimatorService(models, settings)
     await service.start()
     loop = asyncio.get_running_loop()
@@ -71,8 +85,11 @@ async def serve(settings: Settings, models: dict[str, Model] | None = None,
         if settings.http_port >= 0:
             sock = _listen(settings.host, settings.http_port)
             info["http_port"] = sock.getsockname()[1]
+            protocol = guarded_protocol(settings.http_keepalive_s, settings.http_header_timeout_s,
+                                        settings.http_body_timeout_s)
             config = uvicorn.Config(create_app(service), log_level="warning", access_log=False,
-                                    lifespan="off", timeout_graceful_shutdown=settings.grace_s)
+                                    lifespan="off", timeout_graceful_shutdown=settings.grace_s,
+                                    http=protocol, timeout_keep_alive=settings.http_keepalive_s)
             http = _Uvicorn(config)
             http_task = loop.create_task(http.serve(sockets=[sock]))
             while not http.started and not http_task.done():

@@ -94,6 +94,7 @@ def server_options(s: Settings) -> list[tuple[str, int]]:
         # the peer is gone (half-open) and the connection is closed.
         ("grpc.keepalive_time_ms", ms(s.grpc_keepalive_s)),
         ("grpc.keepalive_timeout_ms", ms(s.grpc_keepalive_timeout_s)),
+        ("grpc.http2.ping_timeout_ms", ms(s.grpc_keepalive_timeout_s)),  # what closes it
         # Clients may ping this often (without calls too) before the server complains.
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),

@@ -39,7 +39,8 @@ def model_pb(m: Model, default: bool) -> pb.ModelInfo:
         sensors=[pb.SensorSpec(name=s.name, kind=s.kind, shape=list(s.shape), dtype=str(s.dtype),
                                decoded=s.kind == "vector" and m.bundle.has_decoder(s.name))
                  for s in man.sensors],
-        code_version=man.code_version, manifest_sha256=m.digest)
+        code_version=man.code_version, manifest_sha256=m.digest,
+        state_names=list(m.state_names))
 
 
 def session_pb(i: SessionInfo) -> pb.Session:
@@ -55,8 +56,13 @@ def belief_pb(b: BeliefView) -> pb.Belief:
     return pb.Belief(session_id=b.session_id, timestamp=b.timestamp, tick=b.tick,
                      newest_tick=b.newest_tick, predicted=b.predicted, mean=b.mean.tolist(),
                      var=b.var.tolist(), reward=b.reward,
-                     decoded={k: pb.FloatVector(values=v.tolist()) for k, v in
-                              b.decoded.items()})
+                     decoded={k: pb.FloatVector(values=v.mean.tolist()) for k, v in
+                              b.decoded.items()},
+                     decoded_var={k: pb.FloatVector(values=v.var.tolist()) for k, v in
+                                  b.decoded.items()},
+                     state=None if b.state is None else pb.StateEstimate(
+                         names=list(b.state_names), mean=b.state.mean.tolist(),
+                         var=b.state.var.tolist()))
 
 
 def action_pb(a: ActionView) -> pb.Action:

@@ -12,7 +12,8 @@ import binascii
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from typing_extensions import TypeAliasType
 
@@ -89,6 +90,7 @@ class ModelOut(BaseModel):
     sensors: list[SensorOut]
     code_version: str
     manifest_sha256: str
+    state_names: list[str]
 
 
 class SessionOut(BaseModel):
@@ -107,6 +109,14 @@ class SessionOut(BaseModel):
     idle_s: float
 
 
+class StateOut(BaseModel):
+    """The physical state in physical units; a 90% interval is mean ± 1.645·sqrt(var)."""
+
+    names: list[str]
+    mean: list[float]
+    var: list[float]
+
+
 class BeliefOut(BaseModel):
     session_id: str
     timestamp: float | None
@@ -117,6 +127,8 @@ class BeliefOut(BaseModel):
     var: list[float]
     decoded: dict[str, list[float]]
     reward: float
+    state: StateOut | None = None
+    decoded_var: dict[str, list[float]] = {}
 
 
 class AckOut(BaseModel):
@@ -149,8 +161,13 @@ def session_out(i: SessionInfo) -> SessionOut:
 def belief_out(b: BeliefView) -> BeliefOut:
     return BeliefOut(session_id=b.session_id, timestamp=b.timestamp, tick=b.tick,
                      newest_tick=b.newest_tick, predicted=b.predicted, mean=b.mean.tolist(),
-                     var=b.var.tolist(), decoded={k: v.tolist() for k, v in b.decoded.items()},
-                     reward=b.reward)
+                     var=b.var.tolist(),
+                     decoded={k: v.mean.tolist() for k, v in b.decoded.items()},
+                     decoded_var={k: v.var.tolist() for k, v in b.decoded.items()},
+                     reward=b.reward,
+                     state=None if b.state is None else StateOut(
+                         names=list(b.state_names), mean=b.state.mean.tolist(),
+                         var=b.state.var.tolist()))
 
 
 def action_out(a: ActionView) -> ActionOut:
@@ -187,9 +204,22 @@ async def get_service(request: Request) -> EstimatorService:
 Service = Annotated[EstimatorService, Depends(get_service)]
 
 
+async def no_unknown_query(request: Request) -> None:
+    """An unknown query parameter is refused (422), not ignored: ``?time=`` for ``?t=``
+    would silently answer the newest belief."""
+    route = request.scope.get("route")
+    known = {f.alias for f in route.dependant.query_params} if route is not None else set()
+    unknown = [name for name in request.query_params if name not in known]
+    if unknown:
+        raise RequestValidationError([{"loc": ("query", unknown[0]), "type": "extra_forbidden",
+                                       "msg": f"unknown query parameter (known: {sorted(known)})",
+                                       "input": None}])
+
+
 def build_router() -> APIRouter:
     # The token is checked by http_guard.Guard, before the body is read.
-    api = APIRouter(prefix="/v1", responses=http_guard.ERROR_RESPONSES)
+    api = APIRouter(prefix="/v1", responses=http_guard.ERROR_RESPONSES,
+                    dependencies=[Depends(no_unknown_query)])
 
     @api.get("/models", response_model=list[ModelOut])
     async def list_models(service: Service):
@@ -205,7 +235,8 @@ def build_router() -> APIRouter:
                                    dtype=str(s.dtype),
                                    decoded=s.kind == "vector" and m.bundle.has_decoder(s.name))
                          for s in man.sensors],
-                code_version=man.code_version, manifest_sha256=m.digest))
+                code_version=man.code_version, manifest_sha256=m.digest,
+                state_names=list(m.state_names)))
         return out
 
     @api.post("/sessions", response_model=SessionOut, status_code=201)
@@ -279,18 +310,20 @@ def create_app(service: EstimatorService) -> FastAPI:
     async def healthz():
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"])
+    @app.get("/readyz", tags=["health"], responses={503: http_guard.ERROR_503})
     async def readyz(service: Service):
         """Ready to serve; the ONNX Runtime providers in use per model, and what the
         restore at start did (``ok: false`` when any saved session was not restored)."""
         if not service.ready:
-            return JSONResponse({"status": "not ready"}, 503)
+            return http_guard.ErrorJSON(http_guard.error_body(
+                "UNAVAILABLE", "not_ready", "not ready: starting or shutting down"), 503)
         return {"status": "ready", "models": list(service.models),
                 "sessions": len(service.registry.sessions),
                 "providers": {name: m.bundle.providers for name, m in service.models.items()},
                 "restore": restore_out(service), "snapshots_blocked": service.snapshot_blocked}
 
-    @app.get("/metrics", tags=["health"])
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse,
+             responses={401: http_guard.json_error("missing or wrong bearer token")})
     async def metrics(service: Service):
         return Response(service.metrics.render(), media_type=service.metrics.content_type)
 

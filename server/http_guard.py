@@ -42,6 +42,12 @@ def _doc(text: str) -> dict[str, Any]:
     return {"model": ErrorOut, "description": text}
 
 
+def json_error(text: str) -> dict[str, Any]:
+    """An error response for a route whose own responses are not JSON (/metrics)."""
+    return {"description": text, "content": {"application/json": {"schema": {
+        "$ref": "#/components/schemas/ErrorOut"}}}}
+
+
 # The error statuses of the API routes, for the OpenAPI document (every one has ErrorOut).
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: _doc("bad input: payload, values, time (INVALID_ARGUMENT, OUT_OF_RANGE)"),
@@ -51,6 +57,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     422: _doc("the body or a parameter does not have the documented types (bad_request)"),
     429: _doc("a limit was reached: sessions, queues (RESOURCE_EXHAUSTED)"),
 }
+ERROR_503 = _doc("not ready: starting or shutting down (UNAVAILABLE)")
 MESSAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
     409: _doc("the session was reset while this message was being encoded (ABORTED)"),
     503: _doc("the server is shutting down or the encoder failed (UNAVAILABLE)"),
@@ -175,6 +182,30 @@ class Guard:
             await error_response(e)(scope, replay, send)
 
 
+def _is_branch(part: object) -> bool:  # a union member's tag in pydantic's error location
+    return part in ("int", "float") or (isinstance(part, str) and part.startswith("list["))
+
+
+def validation_problems(errors) -> list[tuple[str, str]]:
+    """(where, what) per problem; a value that matches no member of a number union is one
+    problem ("should be a number"), not one per member."""
+    out: dict[str, str] = {}
+    lists: set[str] = set()  # union problems where a list was a member too
+    for err in errors:
+        loc = list(err["loc"])
+        cut = next((i for i, part in enumerate(loc) if _is_branch(part)), None)
+        if cut is None:
+            out.setdefault(".".join(map(str, loc)), err["msg"])
+            continue
+        where = ".".join(map(str, loc[:cut]))
+        out.setdefault(where, "Input should be a number (a JSON number, not a string or a "
+                              "boolean)")
+        if any(isinstance(p, str) and p.startswith("list[") for p in loc[cut:]):
+            lists.add(where)
+    return [(where, what + (", or a list of numbers" if where in lists else ""))
+            for where, what in out.items()]
+
+
 def install(app: FastAPI, limit: int, token: Callable[[], str | None],
             on_refuse: Callable[[str], None]) -> None:
     """The error handlers (one shape), the Guard middleware and the OpenAPI security."""
@@ -185,13 +216,12 @@ def install(app: FastAPI, limit: int, token: Callable[[], str | None],
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, e: RequestValidationError):
-        errors = e.errors()
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
-                             for err in errors[:5])
-        if len(errors) > 5:
-            problems += f"; and {len(errors) - 5} more"
+        problems = validation_problems(e.errors())
+        text = "; ".join(f"{where}: {what}" for where, what in problems[:5])
+        if len(problems) > 5:
+            text += f"; and {len(problems) - 5} more"
         on_refuse("bad_request")
-        return ErrorJSON(error_body("INVALID_ARGUMENT", "bad_request", problems), 422)
+        return ErrorJSON(error_body("INVALID_ARGUMENT", "bad_request", text), 422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, e: StarletteHTTPException):

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from server.runtime import Bundle, load_bundle
+from server.runtime import Bundle, OnlineFilter, load_bundle
 from server.runtime.kalman import Belief, predict, update
 from server.runtime.manifest import SensorInfo
+from server.runtime.uncertainty import StateEstimate
 
 
 class FilterEngine:
@@ -22,13 +23,16 @@ class FilterEngine:
 
     The same operations as ``server.runtime.OnlineFilter`` (transition network, then
     Joseph-form updates), with encoder outputs supplied by the caller (cached per message).
+    Actions are in the unit range ``[-1, 1]``, as the transition network was trained; the
+    session converts robot actions (bundle units) at its boundary.
     """
 
     def __init__(self, bundle: Bundle):
         m = bundle.manifest
         self.bundle = bundle
         self.sensor_order = tuple(s.name for s in m.sensors)
-        self.default_action = ((m.action_low + m.action_high) * 0.5).astype(np.float32)
+        # Held before any action: unit 0, the middle of the bundle's bounds.
+        self.default_action = np.zeros(m.action_size, np.float32)
         self._initial = Belief(m.initial_mean[None].copy(), m.initial_var[None].copy())
         self._valid = np.ones(1, dtype=bool)
 
@@ -36,6 +40,7 @@ class FilterEngine:
         return self._initial  # beliefs are never modified in place
 
     def predict(self, belief: Belief, action: np.ndarray) -> Belief:
+        """The time update with ``action`` ``[A]`` in the unit range."""
         a, b, q = self.bundle.transition(belief.mean, action[None])
         return predict(belief, a, b, q)
 
@@ -52,6 +57,9 @@ class Model:
     engine: FilterEngine
     digest: str  # SHA-256 of manifest.json: identifies the bundle in snapshots
 
+    def __post_init__(self) -> None:
+        self.filter = OnlineFilter(self.bundle)
+
     @property
     def manifest(self):
         return self.bundle.manifest
@@ -67,22 +75,43 @@ class Model:
         return self.bundle.encode(sensor, batch)
 
     def act(self, mean: np.ndarray) -> np.ndarray:
-        """The policy's deterministic action (mode, on the belief mean), in the bundle's
-        action units: ``[A]`` float32."""
-        m = self.manifest
-        noise = np.zeros((1, m.action_size), np.float32)
+        """The policy's deterministic action (the actor's mode on the belief mean, the
+        manifest's ``actor_features: "mean"``) in the unit range: ``[A]`` float32
+        (``from_unit`` gives the robot's action)."""
+        noise = np.zeros((1, self.manifest.action_size), np.float32)
         mode, _ = self.bundle.actor(mean, noise)
-        return (m.action_low + (mode[0] + 1.0) * 0.5 * (m.action_high - m.action_low)
-                ).astype(np.float32)
+        return np.asarray(mode[0], np.float32)
+
+    def to_unit(self, action: np.ndarray) -> np.ndarray:
+        """A robot's action (bundle units) -> the unit range of the filter and actor."""
+        return self.filter.to_unit(action)
+
+    def from_unit(self, unit: np.ndarray) -> np.ndarray:
+        """A unit action -> the bundle's units (what the robot applies)."""
+        return self.filter.from_unit(unit)
 
     def reward(self, mean: np.ndarray) -> float:
         return float(self.bundle.reward(mean)[0])
 
-    def decoded(self, mean: np.ndarray) -> dict[str, np.ndarray]:
-        """Decoded estimates of the vector sensors that have a decoder (images are not
-        decoded: 12k values per belief are rarely wanted)."""
-        return {s.name: self.bundle.decode(s.name, mean)[0] for s in self.manifest.sensors
-                if s.kind == "vector" and self.bundle.has_decoder(s.name)}
+    def decoded(self, belief: Belief) -> dict[str, StateEstimate]:
+        """Decoded estimates (mean and variance ``[P]``) of the vector sensors that have a
+        decoder (images are not decoded: 12k values per belief are rarely wanted)."""
+        out = {}
+        for s in self.manifest.sensors:
+            if s.kind == "vector" and self.bundle.has_decoder(s.name):
+                est = self.filter.decoded(s.name, belief)
+                out[s.name] = StateEstimate(est.mean[0], est.var[0])
+        return out
+
+    def state(self, belief: Belief) -> StateEstimate | None:
+        """The simulator-state estimate ``[S]`` (None without a state head)."""
+        est = self.filter.state(belief)
+        return None if est is None else StateEstimate(est.mean[0], est.var[0])
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        state = self.manifest.state
+        return () if state is None else state.names
 
 
 def parse_bundle_spec(spec: str) -> tuple[str, Path]:

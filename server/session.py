@@ -17,6 +17,7 @@ import numpy as np
 from server.errors import Aborted, InvalidArgument, NotFound, OutOfRange, ResourceExhausted, shown
 from server.models import Model
 from server.runtime.manifest import SensorInfo
+from server.runtime.uncertainty import StateEstimate
 from server.timeline import ActionEntry, Observation, Timeline, time_problem
 
 
@@ -85,7 +86,7 @@ class ActionView:
     session_id: str
     timestamp: float
     tick: int
-    values: np.ndarray  # [A] float32
+    values: np.ndarray  # [A] float32 in the bundle's units (what the robot applies)
     source: str  # "policy" or "reported"
     recorded: bool  # False: the tick already holds a reported action, which stays
 
@@ -99,8 +100,10 @@ class BeliefView:
     predicted: bool  # True: predicted beyond the newest tick (nothing observed there)
     mean: np.ndarray  # [L]
     var: np.ndarray  # [L]
-    decoded: dict[str, np.ndarray]
+    decoded: dict[str, StateEstimate]  # vector sensors: mean and variance [P]
     reward: float
+    state_names: tuple[str, ...] = ()
+    state: StateEstimate | None = None  # physical state [S]; None without a state head
 
 
 def _check_start_time(start_time: float | None) -> None:
@@ -253,12 +256,14 @@ class SessionRegistry:
         return np.clip(a, m.action_low, m.action_high).astype(np.float32)
 
     def report_action(self, session_id: str, timestamp: float, values) -> ActionView:
-        """The controller applied ``values`` over the tick of ``timestamp``; it replaces a
-        policy action recorded for that tick."""
+        """The controller applied ``values`` (the bundle's units) over the tick of
+        ``timestamp``; it replaces a policy action recorded for that tick. The timeline
+        keeps it in the unit range the transition network was trained on."""
         session = self.get(session_id)
         try:
             a = self._action_values(session, values)
-            entry = ActionEntry(float(timestamp), session.next_seq(), a, "reported")
+            unit = np.clip(session.model.to_unit(a), -1.0, 1.0).astype(np.float32)
+            entry = ActionEntry(float(timestamp), session.next_seq(), unit, "reported")
             tick, recorded = session.timeline.record_action(entry)
         except Exception as e:
             session.refused[getattr(e, "reason", "error")] += 1
@@ -267,8 +272,9 @@ class SessionRegistry:
         return ActionView(session.id, float(timestamp), tick, a, "reported", recorded)
 
     def policy_action(self, session_id: str, timestamp: float) -> ActionView:
-        """The policy's action on the belief at ``timestamp``, recorded as applied over its
-        tick unless the controller reported one for that tick."""
+        """The policy's action on the belief at ``timestamp`` (the actor's mode on the belief
+        mean, in the bundle's units), recorded (in the unit range) as applied over its tick
+        unless the controller reported one for that tick."""
         session = self.get(session_id)
         tl = session.timeline
         try:
@@ -277,9 +283,11 @@ class SessionRegistry:
             session.refused[e.reason] += 1
             raise
         belief, _ = tl.belief_at(tick)
-        a = session.model.act(belief.mean)
+        m = session.model
+        unit = m.act(belief.mean)
+        a = np.clip(m.from_unit(unit), m.manifest.action_low, m.manifest.action_high)
         tick, recorded = tl.record_action(
-            ActionEntry(float(timestamp), session.next_seq(), a, "policy"))
+            ActionEntry(float(timestamp), session.next_seq(), unit, "policy"))
         session.actions += recorded
         return ActionView(session.id, float(timestamp), tick, a, "policy", recorded)
 
@@ -301,4 +309,5 @@ class SessionRegistry:
             belief, predicted = tl.belief_at(tick)
         model = session.model
         return BeliefView(session.id, timestamp, tick, tl.head, predicted, belief.mean[0],
-                          belief.var[0], model.decoded(belief.mean), model.reward(belief.mean))
+                          belief.var[0], model.decoded(belief), model.reward(belief.mean),
+                          model.state_names, model.state(belief))

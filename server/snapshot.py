@@ -28,7 +28,10 @@ from server.runtime.kalman import Belief
 from server.session import Session, SessionRegistry
 from server.timeline import ActionEntry, Observation, TickRecord, Timeline, time_problem
 
-FORMAT, VERSION = "vrkn-sessions", 1
+# v2: actions (recorded and applied) in the unit range the transition network works in;
+# v1 held them in the bundle's units and is converted on restore (the same for [-1, 1]).
+FORMAT, VERSION = "vrkn-sessions", 2
+READABLE = (1, 2)
 
 
 def _arr(x: np.ndarray) -> dict[str, Any]:
@@ -89,12 +92,6 @@ def capture(registry: SessionRegistry) -> dict[str, Any]:
     now = registry.clock()
     return {"format": FORMAT, "version": VERSION, "saved_at": time.time(),
             "sessions": [session_state(s, now) for s in registry.sessions.values()]}
-
-
-def save(registry: SessionRegistry, path: Path) -> int:
-    data = capture(registry)
-    write(data, path)
-    return len(data["sessions"])
 
 
 def write(data: dict[str, Any], path: Path) -> None:
@@ -160,7 +157,14 @@ def _check_record(rec: TickRecord, latent: int, actions: int) -> None:
     _check_shape(rec.applied, (actions,), f"tick {rec.tick} applied action")
 
 
-def _session(d: dict[str, Any], model, now: float) -> Session:
+def _v1_actions_to_unit(rec: TickRecord, model) -> None:
+    if rec.action is not None:
+        rec.action.value = model.to_unit(rec.action.value)
+    if rec.applied is not None:
+        rec.applied = model.to_unit(rec.applied)
+
+
+def _session(d: dict[str, Any], model, now: float, version: int = VERSION) -> Session:
     """One saved session, checked whole (ValueError, KeyError, TypeError... when corrupt)."""
     t = d["timeline"]
     t0 = None if t["t0"] is None else float(t["t0"])
@@ -174,6 +178,8 @@ def _session(d: dict[str, Any], model, now: float) -> Session:
     m = model.manifest
     for rec in tl.records.values():
         _check_record(rec, m.latent_size, m.action_size)
+        if version == 1:
+            _v1_actions_to_unit(rec, model)
     if tl.head >= 0 and any(k not in tl.records for k in range(tl.oldest_accepted, tl.head + 1)):
         raise ValueError("the records of the history window are incomplete")
     return Session(str(d["id"]), model, float(d["window_s"]), tl, created=float(d["created"]),
@@ -190,8 +196,8 @@ def restore(registry: SessionRegistry, path: Path) -> RestoreReport:
     try:
         data = json.loads(Path(path).read_text())
         if not isinstance(data, dict) or data.get("format") != FORMAT or \
-                data.get("version") != VERSION:
-            raise ValueError(f"not a {FORMAT} v{VERSION} snapshot")
+                data.get("version") not in READABLE:
+            raise ValueError(f"not a {FORMAT} v{'/v'.join(map(str, READABLE))} snapshot")
         saved = list(data["sessions"])
     except Exception as e:  # unreadable, not JSON, not a snapshot: the whole file failed
         report.failures.append(("unreadable", f"{path}: {type(e).__name__}: {e}"))
@@ -206,7 +212,7 @@ def restore(registry: SessionRegistry, path: Path) -> RestoreReport:
                 report.failures.append(("model_changed", f"{what}: model {d['model']!r} is "
                                         "not loaded with the same bundle"))
                 continue
-            session = _session(d, model, now)
+            session = _session(d, model, now, data["version"])
         except Exception as e:  # anything wrong in one session's data
             report.failures.append(("corrupt", f"{what}: {type(e).__name__}: {e}"))
             continue

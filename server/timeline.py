@@ -42,7 +42,7 @@ class Engine(Protocol):
     """The filter arithmetic a timeline needs (``server.models.FilterEngine`` on a bundle)."""
 
     sensor_order: tuple[str, ...]
-    default_action: np.ndarray  # [A] float32, held before any action is recorded
+    default_action: np.ndarray  # [A] float32 unit range, held before any action is recorded
 
     def initial(self) -> Belief: ...
     def predict(self, belief: Belief, action: np.ndarray) -> Belief: ...
@@ -63,7 +63,7 @@ class Observation:
 class ActionEntry:
     timestamp: float
     seq: int
-    value: np.ndarray  # [A] float32
+    value: np.ndarray  # [A] float32 in the unit range [-1, 1] (the session converts)
     source: str  # "reported" (by the controller) or "policy" (computed by the service)
 
     def rank(self) -> tuple[int, float, int]:
@@ -77,7 +77,7 @@ class TickRecord:
     observations: dict[str, Observation] = field(default_factory=dict)
     action: ActionEntry | None = None  # recorded for this tick, if any
     belief: Belief | None = None  # posterior after this tick's observations
-    applied: np.ndarray | None = None  # action applied over this tick: recorded or held
+    applied: np.ndarray | None = None  # unit action applied over this tick: recorded or held
 
 
 class Timeline:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -168,7 +170,8 @@ def test_cli_rejects_bad_values(capsys):
 
 @pytest.mark.slow
 def test_quick_run_reproduces_the_claims(tmp_path):
-    """``--quick`` end to end (< 2 min): the paper's claims of Sec. 2.2 / DESIGN §3 hold."""
+    """``--quick`` end to end (< 2 min): the paper's claims (Sec. 2.2, docs/design.md §4.4)
+    hold."""
     from training.lgssm.__main__ import main
 
     results = main(["--quick", "--out", str(tmp_path), "--no-progress"])
@@ -191,3 +194,24 @@ def test_quick_run_reproduces_the_claims(tmp_path):
     assert mean["rssm"]["a_error"] > 4.0 * mean["ssm_cf"]["a_error"]
     assert mean["rssm"]["a_error"] > 3.0 * mean["ssm_nn"]["a_error"]
     assert all(c["holds"] for c in results["claims"].values()), results["claims"]
+
+
+def test_cli_exit_code_follows_the_claim_checks(tmp_path, monkeypatch, capsys):
+    """A run too short to learn anything fails the claim checks: the command exits 1 (the
+    outputs are still written); all claims holding exits 0."""
+    tiny = ["--seeds", "1", "--sequences", "10", "--eval-sequences", "10", "--steps", "2",
+            "--bootstrap", "10", "--no-progress", "--out", str(tmp_path)]
+    out = subprocess.run([sys.executable, "-m", "training.lgssm", *tiny], capture_output=True,
+                         text=True, timeout=300, check=False)
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "claim checks failed" in out.stderr and "[FAIL]" in out.stdout
+    assert (tmp_path / "results.json").exists()
+
+    import training.lgssm.__main__ as cli_module
+
+    claims = {"a": {"claim": "a holds", "holds": True, "value": 1.0}}
+    monkeypatch.setattr(cli_module, "main", lambda argv: {"claims": claims})
+    assert cli_module.cli([]) == 0
+    claims["b"] = {"claim": "b holds", "holds": False, "value": 0.0}
+    assert cli_module.cli([]) == 1
+    assert "1 of 2 claim checks failed: b holds" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""PlaNet's cross-entropy-method planner on any world model (DESIGN §3).
+"""PlaNet's cross-entropy-method planner on any world model (docs/design.md §4.2).
 
 For one start state: sample ``candidates`` action sequences of length ``horizon`` from a
 diagonal Gaussian (mean 0, std 1 at first), clip them to [-1, 1], roll every candidate out

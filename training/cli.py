@@ -4,7 +4,8 @@ Every config key is an option (``--task``, ``--replay.batch 16``, ``--log.video 
 ``--preset`` applies named presets in order; ``--wm KEY=VALUE`` overrides the world model's
 config. A run directory (``--logdir``) that already holds a run is continued when the
 config matches (as with ``--resume DIR``) and refused, with the differences, when it does
-not. Bad input fails before any work starts.
+not (a directory with nothing but a config.json, from a start that failed before any work,
+holds no run). Bad input, ``--log.export`` included, fails before any work starts.
 """
 
 from __future__ import annotations

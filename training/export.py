@@ -1,4 +1,4 @@
-"""Export a trained VRKN agent as a verified ONNX bundle (DESIGN §5 "Bundle").
+"""Export a trained VRKN agent as a verified ONNX bundle (docs/design.md §5).
 
     python -m training.export RUN_DIR_OR_CHECKPOINT --out BUNDLE_DIR
 
@@ -35,13 +35,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from estimator.state_head import StateHead
 from estimator.vrkn import VRKN
 from server.runtime.bundle import sha256
+from server.runtime.manifest import ACTOR_FEATURES
 from training.export_graphs import (
     ActorGraph,
     DecoderGraph,
     EncoderGraph,
     RewardGraph,
+    StateHeadGraph,
     TransitionGraph,
 )
 
@@ -50,6 +53,8 @@ FORMAT_VERSION = 1
 OPSET = 18
 PARITY_BATCH = 3
 PARITY_ATOL = 1e-4
+# Relative part: float32 round-off of a 0..255 image decoder is ~10 ulps at 255 (1.5e-4).
+PARITY_RTOL = 1e-5
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,10 @@ class ExportInputs:
     action_high: tuple[float, ...]
     normalisation: Mapping[str, tuple[np.ndarray, np.ndarray]]  # sensor -> (mean, std)
     training_config: Mapping[str, Any]
-    features: str = "sample"  # what the actor was trained on: a belief sample ("sample")
+    # What the service's policy acts on (``server.runtime.manifest.ACTOR_FEATURES``): the
+    # belief mean, the actor's mode. Training acted on belief samples; the runtime supports
+    # only "mean" and refuses a bundle stating anything else.
+    features: str = ACTOR_FEATURES
 
 
 class ExportTargetError(ValueError):
@@ -123,7 +131,7 @@ def _example_inputs(model: VRKN, name: str, g: torch.Generator) -> dict[str, tor
 
 
 OUTPUT_NAMES = {"transition": ["a", "b", "q"], "actor": ["mode", "sample"],
-                "reward": ["reward"]}
+                "reward": ["reward"], "state_head": ["mean", "var"]}
 
 
 def _output_names(name: str) -> list[str]:
@@ -162,14 +170,18 @@ def _export_one(graph: nn.Module, name: str, inputs: dict[str, torch.Tensor], pa
 
 
 def export_bundle(model: VRKN, actor: nn.Module, info: ExportInputs, out: Path,
-                  seed: int = 0) -> Path:
-    """Write the bundle of ``model`` and ``actor`` to ``out`` (replaced atomically)."""
+                  seed: int = 0, state_head: StateHead | None = None) -> Path:
+    """Write the bundle of ``model`` and ``actor`` (and ``state_head``, when given) to
+    ``out`` (replaced atomically)."""
     if not isinstance(model, VRKN):
         raise ValueError(f"only VRKN world models can be exported (the service runs Kalman "
                          f"arithmetic on them); got {type(model).__name__}")
     if len(info.action_low) != model.action_dim or len(info.action_high) != model.action_dim:
         raise ValueError(f"action bounds have {len(info.action_low)}/{len(info.action_high)} "
                          f"entries, the model's action size is {model.action_dim}")
+    if info.features != ACTOR_FEATURES:
+        raise ValueError(f"actor features {info.features!r}: the runtime's policy acts on the "
+                         f"belief mean, the only supported value is {ACTOR_FEATURES!r}")
     out = check_out_dir(out)
     model = model.cpu().eval()
     actor = actor.cpu().eval()
@@ -187,6 +199,10 @@ def export_bundle(model: VRKN, actor: nn.Module, info: ExportInputs, out: Path,
         graphs["transition"] = TransitionGraph(model)
         graphs["actor"] = ActorGraph(actor)
         graphs["reward"] = RewardGraph(model)
+        if state_head is not None:
+            if next(state_head.parameters()).shape[-1] != model.config.latent:
+                raise ValueError("the state head does not read this model's features")
+            graphs["state_head"] = StateHeadGraph(state_head.cpu().eval())
         networks, parity = {}, {}
         for name, graph in graphs.items():
             entry = _export_one(graph.eval(), name, _example_inputs(model, name, g),
@@ -206,6 +222,10 @@ def export_bundle(model: VRKN, actor: nn.Module, info: ExportInputs, out: Path,
                                   "(x - mean) / std inside the encoder" if norm else "none"),
                 "normalisation": ({"mean": np.asarray(norm[0]).tolist(),
                                    "std": np.asarray(norm[1]).tolist()} if norm else None),
+                # The decoder's own (unit, normalised) variance in sensor units.
+                "decoder_var": (np.square(np.asarray(norm[1], np.float64)).tolist()
+                                if spec.kind == "vector" and norm else
+                                [1.0] * spec.shape[0] if spec.kind == "vector" else None),
             })
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION,
@@ -217,9 +237,12 @@ def export_bundle(model: VRKN, actor: nn.Module, info: ExportInputs, out: Path,
             "sensors": sensors,
             "initial_belief": {"mean": init.mean[0].tolist(), "var": init.var[0].tolist()},
             "actor_features": info.features,
+            "state": (None if state_head is None else
+                      {"names": list(state_head.names), "network": "state_head",
+                       "method": "dd2-sigma-points"}),
             "onnx_opset": OPSET,
             "networks": networks,
-            "parity": {"file": "parity.npz", "atol": PARITY_ATOL},
+            "parity": {"file": "parity.npz", "atol": PARITY_ATOL, "rtol": PARITY_RTOL},
             "files": {p.name: sha256(p) for p in sorted(tmp.iterdir())},
             "training_config": dict(info.training_config),
         }
@@ -252,8 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         check_out_dir(args.out, [resolve_source(args.source)[0]])
-        model, actor, info = load_run_for_export(args.source)
-        path = export_bundle(model, actor, info, args.out)
+        model, actor, info, state_head = load_run_for_export(args.source)
+        path = export_bundle(model, actor, info, args.out, state_head=state_head)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

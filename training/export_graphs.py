@@ -12,6 +12,8 @@ runtime feeds raw sensor values and gets results in sensor units:
 - ``reward``: features -> reward [N].
 - ``decoder_<sensor>``: features -> reconstruction in sensor units (images: float
   [N, H, W, 3] in 0..255; vectors de-normalised).
+- ``state_head`` (when the run has one): features -> (mean, var) of the simulator state in
+  physical units; the runtime propagates a belief through it (``server.runtime.uncertainty``).
 """
 
 from __future__ import annotations
@@ -73,6 +75,16 @@ class RewardGraph(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         return self.head(features).squeeze(-1)
+
+
+class StateHeadGraph(nn.Module):
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.head = head
+
+    def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        mean, var = self.head(features)
+        return mean, var
 
 
 class DecoderGraph(nn.Module):

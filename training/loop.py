@@ -5,7 +5,8 @@
 Resumable at any point: episodes are on disk as soon as they finish, the checkpoint is
 replaced atomically after each ``checkpoint_every`` iterations, and a restarted run
 reloads both. Environment steps are counted from the episodes on disk, so episodes that
-finished after the last checkpoint still count (and train).
+finished after the last checkpoint still count (and train, and get their metric row back);
+metric rows written after the checkpoint are dropped and redone (``training.logger``).
 
 The environments and the world model come from factories (``training.driver.make_envs``,
 :func:`default_model_factory`), so tests can substitute either.

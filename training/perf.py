@@ -5,10 +5,9 @@ are defaults are in docs/training.md ("Speed levers").
 
 * ``tune_malloc``: glibc keeps freed memory instead of returning it to the kernel after
   every large tensor (``M_TRIM_THRESHOLD``, ``M_TOP_PAD``) and serves allocations up to
-  32 MiB (glibc's maximum) from the heap instead of fresh ``mmap`` pages
-  (``M_MMAP_THRESHOLD``). Without it the page faults of re-allocated activations take a
-  large share of an update. Set with ``mallopt`` at start, so no environment variable is
-  needed (``MALLOC_MMAP_THRESHOLD_`` above 32 MiB is ignored by glibc).
+  32 MiB from the heap instead of fresh ``mmap`` pages (``M_MMAP_THRESHOLD``). Without it
+  the page faults of re-allocated activations take a share of every update. Set with
+  ``mallopt`` at start, so no environment variable is needed.
 * bf16 autocast and channels-last of the conv encoder/decoder: ``estimator.networks``.
 * ``torch.compile`` of the conv encoder/decoder (``compile_conv``).
 """
@@ -24,7 +23,7 @@ from torch import nn
 from estimator.networks import ConvSpeed, set_conv_speed
 
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
-MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # glibc's cap on 64-bit (HEAP_MAX_SIZE / 2)
+MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # the setting bench/training_speed.py measured
 
 
 def tune_malloc() -> bool:

@@ -1,14 +1,13 @@
 """Named presets: dotted-key overrides applied in order on top of the defaults.
 
-The defaults are the paper's Dreamer reference settings (DESIGN §3). The experiment presets
-of the paper (standard tasks, occlusion by disks or walls, missing frames, fusion; each with
+The defaults are the paper's Dreamer reference settings (docs/design.md §4.1). The experiment
+presets of the paper (standard tasks, occlusion by disks or walls, missing frames, fusion; each with
 and without action noise) differ only in the task: they choose the variant on
 ``cartpole_swingup``, or on the base task given with ``--task`` (``--preset fusion-noise
 --task walker_walk`` trains ``walker_walk-fusion-noise``; a ``--task`` naming another variant
 is refused), and ``--model`` the world model (vrkn, vrkn_no_dropout, rssm, smooth_rssm,
-mcd_rssm). ``planet`` holds the PlaNet
-reference settings, ``debug`` a tiny run for tests, ``cpu`` the small CPU settings of the
-learning benchmark (bench/learning.py).
+mcd_rssm). ``planet`` holds the PlaNet reference settings, ``debug`` a tiny run for tests,
+``cpu`` the small CPU settings of the learning benchmark (bench/learning.py).
 
 World-model overrides (``wm``) are given per family ("vrkn" for vrkn and vrkn_no_dropout,
 "rssm" for rssm, smooth_rssm and mcd_rssm) and picked once the model is known.
@@ -59,7 +58,7 @@ CPU_RSSM = {"deter": 64, "stoch": 16, "hidden": 128, "backward_units": 64, "conv
 
 def _presets() -> dict[str, Preset]:
     presets = {
-        "dreamer": Preset("Dreamer reference settings (DESIGN §3; the defaults)",
+        "dreamer": Preset("Dreamer reference settings (docs/design.md §4.1; the defaults)",
                           {"agent": "dreamer"}),
         "planet": Preset("PlaNet reference settings: CEM horizon 12, 10 iterations, 1000 "
                          "candidates, top 100, lr 1e-3, per-domain action repeat; VRKN "

@@ -3,7 +3,7 @@
 Files are written atomically (temporary file, fsync, ``os.replace``) into
 ``RUN_DIR/episodes/`` as ``{index:06d}-{length}.npz``: a run killed at any moment leaves only
 whole episodes, and ``EpisodeReplay.load`` re-reads them on resume (stale temporary files are
-removed). An episode holds the observation dict of DESIGN §5 with a leading time axis
+removed). An episode holds the observation dict of docs/design.md §1 with a leading time axis
 ``[T+1]`` (the reset observation and one per agent step; ``time/*`` stamps are dropped) and
 ``action`` ``[T+1, A]``: ``action[t]`` is the action applied after observing step t (the
 last one is zeros).

@@ -92,7 +92,10 @@ def main(argv: list[str] | None = None) -> int:
             ref = sim.simulate(args.task, sim.in_process_backend(str(ref_dir)), args.seed,
                                Latency(), args.episode_length, args.action_repeat)
             rs = report.summarise(ref, backend.control_period, {**info, "timings": {}})
-            summary["reference"] = {"return": rs["return"], "rmse": rs["tracking"]["rmse"]}
+            st = rs["state"] or {}
+            summary["reference"] = {"return": rs["return"],
+                                    "hidden_nrmse": st.get("hidden_nrmse"),
+                                    "hidden_cov90": st.get("hidden_cov90")}
         if args.compare_random:
             summary["random_return"] = sim.random_return(args.task, args.seed,
                                                          args.episode_length,

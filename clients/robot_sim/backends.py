@@ -4,8 +4,8 @@ service must reproduce).
 
 Both take the same calls: ``start(start_time)``, ``send(sensor, t, value,
 return_belief)`` -> the decoded belief of the message's tick (or None),
-``action(t)`` -> the policy's action (deterministic: the actor's mode on the belief mean),
-``finish()`` -> counters.
+``action(t)`` -> the policy's action in the bundle's units (deterministic: the actor's
+mode on the belief mean, mapped from [-1, 1] to the bounds), ``finish()`` -> counters.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from clients.errors import OutOfRangeError
+from clients.types import StateEstimate
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class TickBelief:
     tick: int
     mean: np.ndarray
     decoded: dict[str, np.ndarray]
+    state: StateEstimate | None = None  # the physical state estimate (None: no head)
 
 
 class Timings:
@@ -79,7 +81,8 @@ class ServiceBackend:
         self.timings.add(f"{sensor}_message", time.perf_counter() - t0)
         if ack.belief is None:
             return None
-        return TickBelief(ack.belief.tick, ack.belief.mean, ack.belief.decoded)
+        return TickBelief(ack.belief.tick, ack.belief.mean, ack.belief.decoded,
+                          ack.belief.state)
 
     def action(self, t: float) -> np.ndarray:
         t0 = time.perf_counter()
@@ -109,7 +112,9 @@ class InProcessBackend:
     """The online filter of ``server.runtime`` in this process, one tick at a time: a tick's
     belief is its predecessor's, predicted with that tick's action, then updated with the
     tick's messages (latest per sensor) in the bundle's sensor order; gaps are pure
-    predictions with the held action. Messages must come in tick order (no latency)."""
+    predictions with the held action. Messages must come in tick order (no latency).
+    Actions are kept in the filter's unit range and returned in the bundle's units, as
+    the service does."""
 
     def __init__(self, bundle: Any):
         from server.runtime import OnlineFilter
@@ -121,7 +126,7 @@ class InProcessBackend:
         self.timings = Timings()
         self._decoders = [s.name for s in m.sensors
                           if s.kind == "vector" and bundle.has_decoder(s.name)]
-        self._held = ((m.action_low + m.action_high) / 2).astype(np.float32)
+        self._held = np.zeros(m.action_size, np.float32)  # unit: the middle of the bounds
 
     def sensors(self) -> dict[str, tuple[int, ...]]:
         return {s.name: tuple(s.shape) for s in self.bundle.manifest.sensors}
@@ -132,7 +137,7 @@ class InProcessBackend:
         self.prev = None  # belief of tick - 1 (None before tick 0)
         self.belief = None  # belief of the current tick, None when stale
         self.readings: dict[str, tuple[float, np.ndarray]] = {}
-        self.actions: dict[int, np.ndarray] = {}
+        self.actions: dict[int, np.ndarray] = {}  # tick -> unit action
         self.counts: dict[str, int] = defaultdict(int)
 
     def _tick_of(self, t: float) -> int:
@@ -164,8 +169,11 @@ class InProcessBackend:
 
     def _view(self) -> TickBelief:
         b = self._current()
+        est = self.filter.state(b)
+        state = None if est is None else StateEstimate(
+            self.bundle.manifest.state.names, est.mean[0], est.var[0])
         return TickBelief(self.tick, b.mean[0], {
-            name: self.filter.decode(name, b.mean)[0] for name in self._decoders})
+            name: self.filter.decoded(name, b).mean[0] for name in self._decoders}, state)
 
     def send(self, sensor: str, t: float, value: np.ndarray, return_belief: bool = False
              ) -> TickBelief | None:
@@ -185,8 +193,10 @@ class InProcessBackend:
         k = self._tick_of(t)
         self._advance(k)
         b = self._current()
-        a = self.filter.act(self.filter.features(b))[0]
-        self.actions.setdefault(k, a)
+        unit = self.filter.act(self.filter.features(b))[0]
+        self.actions.setdefault(k, unit)
+        m = self.bundle.manifest
+        a = np.clip(self.filter.from_unit(unit), m.action_low, m.action_high)
         self.timings.add("get_action", time.perf_counter() - t0)
         return a
 

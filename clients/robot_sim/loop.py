@@ -22,8 +22,13 @@ from clients.robot_sim.camera import NO_LATENCY, CameraLink, Latency
 @dataclass
 class EpisodeRecord:
     times: list[float] = field(default_factory=list)
-    proprio: list[np.ndarray] = field(default_factory=list)  # ground truth
+    proprio: list[np.ndarray] = field(default_factory=list)  # the sensor reading sent
     decoded: list[np.ndarray] = field(default_factory=list)  # belief's decoded proprio
+    state: list[np.ndarray] = field(default_factory=list)  # the simulator's true state
+    state_mean: list[np.ndarray] = field(default_factory=list)  # the service's estimate
+    state_var: list[np.ndarray] = field(default_factory=list)
+    state_names: tuple[str, ...] = ()
+    measured: tuple[str, ...] = ()  # state elements the proprio reads directly
     means: list[np.ndarray] = field(default_factory=list)  # belief mean the action used
     actions: list[np.ndarray] = field(default_factory=list)
     rewards: list[float] = field(default_factory=list)
@@ -40,10 +45,14 @@ class EpisodeRecord:
 
     def arrays(self) -> dict[str, np.ndarray]:
         n = len(self.actions)
-        return {"time": np.asarray(self.times), "proprio": np.asarray(self.proprio),
-                "decoded": np.asarray(self.decoded), "mean": np.asarray(self.means),
-                "action": np.asarray(self.actions).reshape(n, -1),
-                "reward": np.asarray(self.rewards, np.float32)}
+        out = {"time": np.asarray(self.times), "proprio": np.asarray(self.proprio),
+               "decoded": np.asarray(self.decoded), "mean": np.asarray(self.means),
+               "action": np.asarray(self.actions).reshape(n, -1),
+               "reward": np.asarray(self.rewards, np.float32)}
+        if self.state_mean:
+            out.update(state=np.asarray(self.state), state_mean=np.asarray(self.state_mean),
+                       state_var=np.asarray(self.state_var))
+        return out
 
 
 def check_compatible(task: Any, backend: Any) -> None:
@@ -68,7 +77,9 @@ def run_episode(task: Any, backend: Any, latency: Latency = NO_LATENCY, seed: in
     """Run one episode (the task must be freshly made or finished). ``video_ticks``: keep
     the camera's view of the first that many ticks (rendered for the video only)."""
     check_compatible(task, backend)
-    rec = EpisodeRecord(camera=CameraLink(latency, seed))
+    from training.envs.proprio import measured_state_names
+
+    rec = EpisodeRecord(camera=CameraLink(latency, seed), measured=measured_state_names(task))
     period = task.control_period
     obs = task.reset()
     start = float(obs["time/proprio"])
@@ -105,6 +116,11 @@ def _loop(task: Any, backend: Any, rec: EpisodeRecord, obs: dict, period: float,
         rec.proprio.append(np.asarray(obs["proprio"], np.float32))
         rec.decoded.append(belief.decoded.get("proprio", np.full_like(obs["proprio"], np.nan)))
         rec.means.append(belief.mean)
+        if belief.state is not None and "state" in obs:  # the truth never goes to the service
+            rec.state_names = belief.state.names
+            rec.state.append(np.asarray(obs["state"], np.float32))
+            rec.state_mean.append(belief.state.mean)
+            rec.state_var.append(belief.state.var)
         rec.received.append(newest)
         if k < video_ticks:
             rec.views.append(task.unwrapped.render_frame())

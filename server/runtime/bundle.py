@@ -80,6 +80,9 @@ def _check_io(info: NetworkInfo, session, manifest: Manifest) -> None:
     }.get(info.name)
     if info.name.startswith("encoder_"):
         expect = ({}, {"w": latent, "var": latent})
+    if manifest.state is not None and info.name == manifest.state.network:
+        size = len(manifest.state.names)
+        expect = ({"features": latent}, {"mean": size, "var": size})
     if expect:
         for names, table in ((expect[0], info.inputs), (expect[1], info.outputs)):
             for name, width in names.items():
@@ -113,6 +116,13 @@ class Bundle:
 
     def reward(self, features: np.ndarray) -> np.ndarray:
         return self.run("reward", features=features)[0]
+
+    def state_head(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and variance ``[N, S]`` of the state given latent samples ``[N, L]``."""
+        if self.manifest.state is None:
+            raise ValueError("this bundle has no state head")
+        mean, var = self.run(self.manifest.state.network, features=features)
+        return mean, var
 
     def has_decoder(self, sensor: str) -> bool:
         return f"decoder_{sensor}" in self._sessions
@@ -153,6 +163,12 @@ def load_bundle(path: str | Path, providers: str | Sequence[str] = "auto",
         _check_io(info, session, manifest)
         sessions[name] = session
         used = session.get_providers()
+        # ONNX Runtime falls back to the CPU quietly (CUDA libraries missing, no GPU): an
+        # explicit request must be what runs, or the bundle does not load.
+        if providers != "auto" and used[:1] != wanted[:1]:
+            raise BundleError(f"{path / info.file}: ONNX Runtime was asked for {wanted[0]} "
+                              f"but runs it on {used} (for CUDA: onnxruntime-gpu, a GPU "
+                              "and its CUDA/cuDNN libraries; or --providers cpu/auto)")
     bundle = Bundle(path, manifest, sessions, used)
     if verify_parity:
         verify(bundle)
@@ -175,7 +191,9 @@ def verify(bundle: Bundle) -> None:
             raise BundleError(f"{ppath}: no parity data {e} for network {name!r}") from None
         got = bundle._sessions[name].run(list(info.outputs), inputs)
         for out_name, e, g in zip(info.outputs, expected, got, strict=True):
-            if e.shape != g.shape or not np.allclose(g, e, atol=m.parity_atol, rtol=0):
+            if e.shape != g.shape or not np.allclose(g, e, atol=m.parity_atol,
+                                                     rtol=m.parity_rtol):
                 err = float(np.max(np.abs(g - e))) if e.shape == g.shape else float("nan")
                 raise BundleError(f"{bundle.path / info.file}: output {out_name!r} differs from "
-                                  f"the parity sample by {err:.3g} (> {m.parity_atol})")
+                                  f"the parity sample by {err:.3g} (> {m.parity_atol} + "
+                                  f"{m.parity_rtol} x |expected|)")

@@ -80,3 +80,20 @@ def nees_band(ticks: int, size: int, level: float = 0.95) -> tuple[float, float]
     lo = chi2_quantile((1 - level) / 2, dof) / ticks
     hi = chi2_quantile((1 + level) / 2, dof) / ticks
     return float(lo), float(hi)
+
+
+def angle_from_cos_sin(cos_mean: np.ndarray, sin_mean: np.ndarray, cos_var: np.ndarray,
+                       sin_var: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An angle and its variance from Gaussian estimates of its cosine and sine, linearised
+    at the means: ``theta = atan2(s, c)``, ``var = (c^2 var_s + s^2 var_c) / (c^2 + s^2)^2``
+    (the cos/sin estimates taken as independent). For plots and readable summaries; the
+    calibration figures are computed on the estimated elements themselves."""
+    c, s = np.asarray(cos_mean, np.float64), np.asarray(sin_mean, np.float64)
+    r2 = np.maximum(c * c + s * s, 1e-12)
+    var = (c * c * np.asarray(sin_var) + s * s * np.asarray(cos_var)) / (r2 * r2)
+    return np.arctan2(s, c), var
+
+
+def wrap_angle(x: np.ndarray) -> np.ndarray:
+    """Angles (or angle differences) wrapped to (-pi, pi]."""
+    return np.angle(np.exp(1j * np.asarray(x, np.float64)))

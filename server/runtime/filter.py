@@ -2,6 +2,10 @@
 missing ones), the actor, the reward head and the decoders. numpy + ONNX Runtime only.
 
 Batched over N independent streams (robot sessions): beliefs are ``[N, L]``.
+
+Actions here are in the unit range ``[-1, 1]`` (what the transition network was trained on
+and the actor outputs); a robot's actions are in the bundle's units: convert at the robot
+boundary with ``to_unit`` / ``from_unit`` (``server.runtime.actions``).
 """
 
 from __future__ import annotations
@@ -11,8 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from server.runtime import actions
 from server.runtime.bundle import Bundle
 from server.runtime.kalman import Belief, predict, update
+from server.runtime.uncertainty import StateEstimate, estimate
 
 
 @dataclass(frozen=True)
@@ -58,8 +64,17 @@ class OnlineFilter:
         if not bool(np.isfinite(action).all()):
             raise ValueError("action: NaN or infinite values")
 
+    def to_unit(self, action: np.ndarray) -> np.ndarray:
+        """A robot's action (bundle units) -> the unit range the filter works in."""
+        return actions.to_unit(action, self.manifest.action_low, self.manifest.action_high)
+
+    def from_unit(self, unit: np.ndarray) -> np.ndarray:
+        """A unit action (the actor's) -> the bundle's units, for the robot."""
+        return actions.from_unit(unit, self.manifest.action_low, self.manifest.action_high)
+
     def predict(self, belief: Belief, action: np.ndarray) -> Belief:
-        """The time update with the transition network (dropout off)."""
+        """The time update with the transition network (dropout off); ``action`` ``[N, A]``
+        in the unit range (``to_unit`` of the robot's action)."""
         self.check_action(action, belief.mean.shape[0])
         a, b, q = self.bundle.transition(belief.mean, action)
         return predict(belief, a, b, q)
@@ -97,26 +112,46 @@ class OnlineFilter:
         return self.fuse(prior, readings)
 
     def features(self, belief: Belief, rng: np.random.Generator | None = None) -> np.ndarray:
-        """The actor's input: a sample of the belief (as in training) when ``rng`` is given,
-        else the mean (deterministic)."""
+        """The actor's input: the belief mean, what the service acts on (the manifest's
+        ``actor_features: "mean"``). With ``rng``, a sample of the belief instead (as in
+        training; for offline analysis only)."""
         if rng is None:
             return belief.mean
         eps = rng.standard_normal(belief.mean.shape).astype(np.float32)
         return (belief.mean + np.sqrt(belief.var) * eps).astype(np.float32)
 
     def act(self, features: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
-        """The policy's action in [-1, 1] (scaled to the bundle's bounds): the mode, or a
-        sample when ``rng`` is given."""
+        """The policy's action in the unit range ``[N, A]`` (``from_unit`` gives the robot's
+        action): the mode, or a sample when ``rng`` is given."""
         n = features.shape[0]
         noise = (np.zeros((n, self.manifest.action_size), np.float32) if rng is None else
                  rng.standard_normal((n, self.manifest.action_size)).astype(np.float32))
         mode, sample = self.bundle.actor(features, noise)
-        unit = mode if rng is None else sample
-        low, high = self.manifest.action_low, self.manifest.action_high
-        return (low + (unit + 1.0) * 0.5 * (high - low)).astype(np.float32)
+        return np.asarray(mode if rng is None else sample, np.float32)
 
     def reward(self, features: np.ndarray) -> np.ndarray:
         return self.bundle.reward(features)
 
     def decode(self, sensor: str, features: np.ndarray) -> np.ndarray:
         return self.bundle.decode(sensor, features)
+
+    def state(self, belief: Belief) -> StateEstimate | None:
+        """The simulator-state estimate of each belief (physical units; mean and variance
+        from the head under the belief, ``server.runtime.uncertainty``); None when the
+        bundle has no state head."""
+        if self.manifest.state is None:
+            return None
+        return estimate(self.bundle.state_head, belief.mean, belief.var)
+
+    def decoded(self, sensor: str, belief: Belief) -> StateEstimate:
+        """A vector sensor's decoded estimate with its variance: the decoder under the
+        belief plus the decoder's own noise (``decoder_var``; 0 when the bundle has none)."""
+        info = self.manifest.sensor(sensor)
+        noise = (np.zeros(info.shape, np.float32) if info.decoder_var is None
+                 else info.decoder_var)
+
+        def head(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            out = self.bundle.decode(sensor, z)
+            return out, np.broadcast_to(noise, out.shape)
+
+        return estimate(head, belief.mean, belief.var)

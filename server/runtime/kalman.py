@@ -1,4 +1,4 @@
-"""Diagonal Kalman arithmetic in numpy for the online filter (DESIGN §2).
+"""Diagonal Kalman arithmetic in numpy for the online filter (docs/design.md §2).
 
 The same equations as ``estimator.kalman`` (predict; masked Joseph-form update with
 H = I; sequential fusion), on float32 arrays ``[N, L]``; tests check both agree.

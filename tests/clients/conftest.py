@@ -18,8 +18,10 @@ def export_cartpole_bundle(path):
 
     from estimator.batch import image_sensor, vector_sensor
     from estimator.models import make_world_model
+    from estimator.state_head import StateHead, StateHeadConfig
     from tests.world_models.conftest import tiny_overrides
     from training.actor_critic import Actor
+    from training.envs.state import STATE_ALIASES
     from training.export import ExportInputs, export_bundle
 
     torch.manual_seed(0)  # parameter initialisation
@@ -27,9 +29,12 @@ def export_cartpole_bundle(path):
                              **tiny_overrides("vrkn"))
     torch.manual_seed(1)
     actor = Actor(model.feature_dim, model.action_dim)
+    head = StateHead(model.feature_dim, STATE_ALIASES["cartpole"], StateHeadConfig(hidden=16))
+    head.set_scaling(torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0]),
+                     torch.tensor([0.5, 0.7, 0.7, 1.0, 3.0]))
     info = ExportInputs(CARTPOLE_PERIOD, (-1.0,), (1.0,),
                         {"proprio": (np.zeros(1), np.full(1, 0.5))}, {"note": "test"})
-    return export_bundle(model.eval(), actor.eval(), info, path, seed=0)
+    return export_bundle(model.eval(), actor.eval(), info, path, seed=0, state_head=head)
 
 
 @pytest.fixture(scope="session")

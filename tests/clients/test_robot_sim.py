@@ -39,6 +39,13 @@ def test_no_latency_equals_in_process(cartpole_server, reference, transport, enc
     np.testing.assert_allclose(got["action"][:-1], want["action"][:-1], atol=1e-5, rtol=0)
     np.testing.assert_allclose(got["mean"], want["mean"], atol=1e-5, rtol=0)
     np.testing.assert_allclose(got["decoded"], want["decoded"], atol=1e-5, rtol=0)
+    # The physical state: the service's estimate equals the offline runtime's; the truth
+    # comes from the simulator (never sent) and is the same trajectory.
+    np.testing.assert_allclose(got["state_mean"], want["state_mean"], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(got["state_var"], want["state_var"], atol=1e-5, rtol=1e-5)
+    np.testing.assert_array_equal(got["state"], want["state"])
+    assert rec.state_names[1:3] == ("pole_angle_cos", "pole_angle_sin")
+    assert rec.measured == ("cart_position",)
     assert rec.episode_return == pytest.approx(ref.episode_return, abs=1e-6)
     assert rec.counters["accepted"] == {"proprio": 101, "image": rec.camera.captured}
     assert rec.counters["refused"] == {}
@@ -92,10 +99,13 @@ def test_cli(cartpole_server, cartpole_bundle, tmp_path):
            str(cartpole_bundle), "--compare-in-process"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 0, r.stderr
-    for text in ("episode return", "tracking error", "control step", "p99",
-                 "in-process reference", "video:"):
+    for text in ("episode return", "state tracking", "pole_angular_velocity", "(hidden",
+                 "cart_position          (measured", "90% interval covers", "control step",
+                 "p99", "in-process reference", "video:"):
         assert text in r.stdout
     summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["state"]["cov90"]) == 5 and summary["state"]["measured"] == [
+        "cart_position"]
     assert summary["ticks"] == 51 and summary["camera"]["captured"] > 0
     assert summary["session"]["refused"] == {}
     assert (out / "tracking.png").stat().st_size > 0

@@ -7,11 +7,17 @@ import pytest
 
 PERIOD = 0.05
 PROPRIO = 3  # tests.world_models.conftest.PROPRIO_DIM
+STATE_NAMES = ("s_position", "s_angle_cos", "s_velocity")
 
 
-def export_tiny_bundle(path):
+def export_tiny_bundle(path, state_head: bool = True,
+                       action_bounds: tuple[tuple[float, ...], tuple[float, ...]] = (
+                           (-1.0, -1.0), (1.0, 1.0))):
+    """The tiny bundle; ``state_head`` adds an (untrained) state head with STATE_NAMES;
+    ``action_bounds`` (low, high) are the manifest's action bounds."""
     import torch
 
+    from estimator.state_head import StateHead, StateHeadConfig
     from tests.world_models.conftest import tiny_model
     from training.actor_critic import Actor
     from training.export import ExportInputs, export_bundle
@@ -19,9 +25,13 @@ def export_tiny_bundle(path):
     model = tiny_model("vrkn", "fusion")
     torch.manual_seed(0)
     actor = Actor(model.feature_dim, model.action_dim)
-    info = ExportInputs(PERIOD, (-1.0, -1.0), (1.0, 1.0),
+    head = None
+    if state_head:
+        head = StateHead(model.feature_dim, STATE_NAMES, StateHeadConfig(hidden=16))
+        head.set_scaling(torch.tensor([0.0, 0.5, 1.0]), torch.tensor([1.0, 0.2, 3.0]))
+    info = ExportInputs(PERIOD, *action_bounds,
                         {"proprio": (np.zeros(PROPRIO), np.ones(PROPRIO))}, {"note": "test"})
-    return export_bundle(model, actor, info, path, seed=0)
+    return export_bundle(model, actor, info, path, seed=0, state_head=head)
 
 
 @pytest.fixture(scope="session")
@@ -64,7 +74,7 @@ TOKEN = "test-token-3f9a"
 
 class ServerProcess:
     """``python -m server`` in a subprocess on 127.0.0.1, free ports (port 0, reported in
-    the ready file)."""
+    the ready file); ``bundle_dir`` None serves the embedded default (the shipped model)."""
 
     def __init__(self, bundle_dir, workdir, *args: str, env: dict | None = None):
         import json
@@ -75,8 +85,8 @@ class ServerProcess:
 
         self.ready_file = workdir / f"ready-{time.monotonic_ns()}.json"
         self.log_path = workdir / f"server-{time.monotonic_ns()}.log"
-        cmd = [sys.executable, "-m", "server", "--bundle", f"tiny={bundle_dir}",
-               "--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0",
+        bundle = [] if bundle_dir is None else ["--bundle", f"tiny={bundle_dir}"]
+        cmd = [sys.executable, "-m", "server", *bundle, "--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0",
                "--ready-file", str(self.ready_file), *args]
         self._log = self.log_path.open("w")
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("VRKN_")}
@@ -131,3 +141,18 @@ def png(image: np.ndarray, fmt: str = "PNG") -> bytes:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format=fmt)
     return buf.getvalue()
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A small PNG whose header claims ``width`` x ``height`` pixels (a decompression bomb
+    for a decoder that trusts it)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+
+    return (b"\x89PNG\r\n\x1a\n"
+            + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))

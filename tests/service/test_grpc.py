@@ -15,7 +15,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from proto.vrkn.estimator.v1 import estimator_pb2 as pb
 from proto.vrkn.estimator.v1 import estimator_pb2_grpc as pb_grpc
-from tests.service.conftest import PERIOD, TOKEN, png, random_stream
+from server.runtime import OnlineFilter
+from tests.service.conftest import PERIOD, STATE_NAMES, TOKEN, png, random_stream
 from tests.service.test_session_core import offline_beliefs
 
 pytestmark = pytest.mark.slow
@@ -79,8 +80,14 @@ def test_beliefs_equal_the_offline_filter(stub, model):
         np.testing.assert_allclose(b.mean, expected[k].mean[0], atol=ATOL)
         np.testing.assert_allclose(b.var, expected[k].var[0], atol=ATOL)
     b = belief(stub, sid)
-    np.testing.assert_allclose(b.decoded["proprio"].values,
-                               model.bundle.decode("proprio", expected[23].mean)[0], atol=ATOL)
+    offline = OnlineFilter(model.bundle)
+    decoded = offline.decoded("proprio", expected[23])
+    np.testing.assert_allclose(b.decoded["proprio"].values, decoded.mean[0], atol=ATOL)
+    np.testing.assert_allclose(b.decoded_var["proprio"].values, decoded.var[0], atol=ATOL)
+    state = offline.state(expected[23])
+    assert tuple(b.state.names) == STATE_NAMES
+    np.testing.assert_allclose(b.state.mean, state.mean[0], atol=ATOL)
+    np.testing.assert_allclose(b.state.var, state.var[0], atol=ATOL)
 
 
 def test_one_round_trip_message_to_belief(stub, model):

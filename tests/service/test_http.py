@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.service.conftest import PERIOD, TOKEN, png, random_stream
+from tests.service.conftest import PERIOD, STATE_NAMES, TOKEN, png, png_header, random_stream
 from tests.service.test_session_core import offline_beliefs
 
 pytestmark = pytest.mark.slow
@@ -75,6 +75,9 @@ def test_operations(http, model):
     ack = r.json()
     assert ack["tick"] == 0 and ack["applied"] and len(ack["belief"]["mean"]) == 12
     assert set(ack["belief"]["decoded"]) == {"proprio"}
+    assert set(ack["belief"]["decoded_var"]) == {"proprio"}
+    state = ack["belief"]["state"]
+    assert state["names"] == list(STATE_NAMES) and len(state["mean"]) == len(state["var"]) == 3
     act = http.post(f"/v1/sessions/{sid}/policy", json={"timestamp": 0.02}).json()
     assert act["source"] == "policy" and act["recorded"] and len(act["values"]) == 2
     ahead = http.get(f"/v1/sessions/{sid}/belief", params={"t": 0.5}).json()
@@ -94,10 +97,31 @@ BAD = {
                        "unknown_sensor"),
     "wrong shape": ({"sensor": "proprio", "timestamp": 1.0, "values": [1, 2]}, 400,
                     "bad_shape"),
-    "nan": ({"sensor": "proprio", "timestamp": 1.0, "values": [1, "NaN", 2]}, 400,
+    # JSON bodies as text: NaN and a 400-digit integer are not what json.dumps writes.
+    "nan": ('{"sensor": "proprio", "timestamp": 1.0, "values": [1, NaN, 2]}', 400,
             "not_finite"),
-    "not numbers": ({"sensor": "proprio", "timestamp": 1.0, "values": ["a", 1, 2]}, 400,
-                    "bad_dtype"),
+    "huge integer": ('{"sensor": "proprio", "timestamp": 1.0, "values": [1, 1%s, 2]}'
+                     % ("0" * 400), 400, "not_finite"),
+    "ragged": ({"sensor": "proprio", "timestamp": 1.0, "values": [1, [2], 3]}, 400,
+               "bad_dtype"),
+    # Strict types: a string or a boolean is not a number, a number not a boolean.
+    "not numbers": ({"sensor": "proprio", "timestamp": 1.0, "values": ["a", 1, 2]}, 422,
+                    "bad_request"),
+    "string number": ({"sensor": "proprio", "timestamp": 1.0, "values": ["0.1", 1, 2]}, 422,
+                      "bad_request"),
+    "boolean number": ({"sensor": "proprio", "timestamp": 1.0, "values": [True, 1, 2]}, 422,
+                       "bad_request"),
+    "string timestamp": ({"sensor": "proprio", "timestamp": "0.043", "values": [1, 2, 3]},
+                         422, "bad_request"),
+    "number as boolean": ({"sensor": "proprio", "timestamp": 1.0, "values": [1, 2, 3],
+                           "return_belief": 1}, 422, "bad_request"),
+    "huge timestamp": ({"sensor": "proprio", "timestamp": 1e307, "values": [1, 2, 3]}, 400,
+                       "bad_timestamp"),
+    "lone surrogate dtype": ('{"sensor": "proprio", "timestamp": 1.0, "raw": {"shape": [3], '
+                             '"dtype": "\\ud800", "data_base64": ""}}', 400, "bad_dtype"),
+    "decompression bomb": ({"sensor": "image", "timestamp": 1.0,
+                            "image_base64": base64.b64encode(png_header(20000, 20000)).decode()},
+                           400, "too_large"),
     "image values": ({"sensor": "image", "timestamp": 1.0,
                       "values": np.full((64, 64, 3), 300).tolist()}, 400, "bad_dtype"),
     "wrong dtype": ({"sensor": "image", "timestamp": 1.0, "raw": {
@@ -126,7 +150,11 @@ def test_bad_message_gets_its_status_and_changes_nothing(http, case):
     before = (http.get(f"/v1/sessions/{sid}").json(),
               http.get(f"/v1/sessions/{sid}/belief").json())
     body, status, reason = BAD[case]
-    r = http.post(f"/v1/sessions/{sid}/messages", json=body)
+    if isinstance(body, str):
+        r = http.post(f"/v1/sessions/{sid}/messages", content=body.encode(),
+                      headers={"content-type": "application/json"})
+    else:
+        r = http.post(f"/v1/sessions/{sid}/messages", json=body)
     assert r.status_code == status, r.text
     assert r.json()["error"]["reason"] == reason and r.json()["error"]["message"]
     after = (http.get(f"/v1/sessions/{sid}").json(),

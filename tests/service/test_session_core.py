@@ -10,7 +10,7 @@ import pytest
 from server.errors import InvalidArgument, NotFound, OutOfRange, ResourceExhausted
 from server.runtime import OnlineFilter, Reading
 from server.session import Limits, SessionRegistry
-from tests.service.conftest import PERIOD, random_stream
+from tests.service.conftest import PERIOD, STATE_NAMES, random_stream
 
 ATOL = 1e-5
 
@@ -64,8 +64,16 @@ def test_beliefs_equal_the_offline_filter(models, model):
             np.testing.assert_allclose(b.var, expected[k].var[0], atol=ATOL)
     b = reg.belief(sid)
     assert b.tick == 29
-    np.testing.assert_allclose(b.decoded["proprio"],
-                               model.bundle.decode("proprio", expected[29].mean)[0], atol=ATOL)
+    # Decoded sensors and the physical state: the offline runtime's estimates, exactly.
+    offline = OnlineFilter(model.bundle)
+    decoded = offline.decoded("proprio", expected[29])
+    np.testing.assert_allclose(b.decoded["proprio"].mean, decoded.mean[0], atol=ATOL)
+    np.testing.assert_allclose(b.decoded["proprio"].var, decoded.var[0], atol=ATOL)
+    state = offline.state(expected[29])
+    assert b.state_names == STATE_NAMES
+    np.testing.assert_allclose(b.state.mean, state.mean[0], atol=ATOL)
+    np.testing.assert_allclose(b.state.var, state.var[0], atol=ATOL)
+    assert (b.state.var > 0).all() and (b.decoded["proprio"].var > 0).all()
     assert b.reward == pytest.approx(float(model.bundle.reward(expected[29].mean)[0]), abs=ATOL)
 
 
@@ -260,3 +268,59 @@ def test_session_limit(models):
     reg.create()
     with pytest.raises(ResourceExhausted, match="limit of 2 sessions"):
         reg.create()
+
+
+def test_refused_queries_and_resets_are_counted_per_session(models):
+    reg = registry_for(models, history_window_s=0.2)
+    sid = reg.create(start_time=0.0).id
+    for event in random_stream(10):
+        feed(reg, sid, event)
+    for query in (lambda: reg.belief(sid, 0.0), lambda: reg.policy_action(sid, -1.0),
+                  lambda: reg.belief(sid, 1e307), lambda: reg.policy_action(sid, 100.0)):
+        with pytest.raises(OutOfRange):
+            query()
+    with pytest.raises(InvalidArgument, match="start_time"):
+        reg.reset(sid, start_time=-1.79e308)
+    assert reg.describe(sid).refused == {"too_old": 1, "before_start": 1, "bad_timestamp": 1,
+                                         "too_far_ahead": 1, "bad_start_time": 1}
+    assert reg.describe(sid).newest_tick == 9  # nothing changed
+
+
+def test_a_reset_while_an_image_is_encoded_drops_the_frame(models, model):
+    import asyncio
+
+    from server.errors import Aborted
+    from server.payloads import Payload
+    from server.service import EstimatorService, SensorMessageIn
+    from server.settings import Settings
+
+    async def main():
+        # A 100 ms batching window holds the image in the encoder queue.
+        service = EstimatorService(models, Settings(batch_window_ms=100))
+        await service.start()
+        try:
+            sid = service.create_session(start_time=0.0).id
+            for k in range(10):
+                await service.send_message(SensorMessageIn(sid, "proprio", k * PERIOD + 0.01,
+                                                           Payload("values", values=[k] * 3)),
+                                           "test")
+            img = np.zeros((64, 64, 3), np.uint8)
+            encoding = asyncio.ensure_future(service.send_message(SensorMessageIn(
+                sid, "image", 9 * PERIOD + 0.02, Payload("raw", img.tobytes(), (64, 64, 3),
+                                                         "uint8")), "test"))
+            await asyncio.sleep(0.02)
+            service.reset_session(sid, start_time=0.0)  # the same t0: tick 9 exists again
+            with pytest.raises(Aborted, match="was reset while"):
+                await encoding
+            info = service.describe_session(sid)
+            assert info.newest_tick == -1, "the old frame landed on the new time axis"
+            assert info.refused == {"reset_during_encode": 1}
+            assert info.accepted == {"proprio": 10}
+            np.testing.assert_array_equal(service.belief(sid).mean,
+                                          model.manifest.initial_mean)
+            assert b'vrkn_refused_total{reason="reset_during_encode"} 1.0' in \
+                service.metrics.render()
+        finally:
+            await service.stop()
+
+    asyncio.run(main())

@@ -80,7 +80,7 @@ def test_finds_the_optimal_first_action(target, first_action):
 
 
 def test_reference_settings_find_the_optimum():
-    # z' = a: every step's action is scored on its own; the DESIGN §3 settings. With 36
+    # z' = a: every step's action is scored on its own; the docs/design.md §4.2 settings. With 36
     # action dimensions the elites' std is still ~0.1 after 10 iterations (mean error over
     # 20 seeds 0.03, worst 0.07), hence the looser tolerance.
     model = PointMass([0.5, -0.3, 0.9], integrate=False)

@@ -121,6 +121,7 @@ def test_existing_run_with_other_config_is_refused(tmp_path):
     run.mkdir()
     saved = resolve(["debug"])
     (run / "config.json").write_text(json.dumps(to_json(saved)))
+    (run / "checkpoint.pt").write_bytes(b"")  # it holds a run
     # Same config: continued. Other config: refused with the difference shown.
     config, run_dir, _ = resolve_run(["--preset", "debug", "--logdir", str(run)], "dreamer")
     assert config == saved and run_dir == run
@@ -139,3 +140,99 @@ def test_existing_run_with_other_config_is_refused(tmp_path):
 def test_resume_needs_a_run_directory(tmp_path):
     with pytest.raises(ConfigError, match="not a run directory"):
         resolve_run(["--resume", str(tmp_path)], "dreamer")
+
+
+BAD_VALUES = [
+    (["--dreamer.act", "relux"], "dreamer.act: unknown activation 'relux'"),
+    (["--wm", "dropout=1.5"], "wm.dropout is a dropout probability"),
+    (["--wm", "latent=-3"], "wm.latent must be >= 1"),
+    (["--wm", "conv.act=relux"], "wm.conv.act: unknown activation"),
+    (["--wm", "reward.layers=-1"], "wm.reward.layers must be >= 0"),
+    (["--task", "finger_spin-fusion"], "no proprioception defined for domain 'finger'"),
+    (["--loop.steps", "-5"], "loop.steps must be >= 1"),
+    (["--dreamer.init_std", "0"], "dreamer.init_std must be > 0"),
+    (["--device", "cuda"], "CUDA is not available"),
+    (["--device", "tpu"], "device must be auto, cpu, cuda[:N] or mps"),
+]
+
+
+@pytest.mark.parametrize("argv, words", BAD_VALUES)
+def test_bad_values_fail_in_one_line_before_the_run_directory(tmp_path, capsys, monkeypatch,
+                                                              argv, words):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    run = tmp_path / "run"
+    assert main(["--preset", "debug", *argv, "--logdir", str(run)], "dreamer") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and words in err, err
+    assert not run.exists()
+
+
+def test_cuda_index_must_exist(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match=r"'cuda:1': there is only 1 CUDA device"):
+        resolve(["debug"], {"device": "cuda:1"})
+    assert resolve(["debug"], {"device": "cuda:0"}).device == "cuda:0"
+
+
+def test_a_start_that_failed_before_any_work_does_not_block_the_corrected_command(tmp_path):
+    # A start that died after writing config.json but before any episode, metric or
+    # checkpoint (e.g. an error that validation did not foresee): nothing to continue.
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "episodes").mkdir()
+    (run / "config.json").write_text(json.dumps(to_json(resolve(["debug"], {"seed": 5}))))
+    config, run_dir, _ = resolve_run(["--preset", "debug", "--logdir", str(run)], "dreamer")
+    assert config.seed == 0 and run_dir == run
+    (run / "episodes" / "000000-50.npz").write_bytes(b"")  # now it holds a run
+    with pytest.raises(ConfigError, match=r"seed: 5 \(run\) -> 0 \(now\)"):
+        resolve_run(["--preset", "debug", "--logdir", str(run)], "dreamer")
+
+
+def test_experiment_presets_pick_their_variant_of_the_given_base_task():
+    assert resolve(["fusion"], {"task": "walker_walk"}).task == "walker_walk-fusion"
+    assert resolve(["fusion-noise"], {"task": "walker_walk"}).task == "walker_walk-fusion-noise"
+    assert resolve(["missing"], {"task": "cup_catch"}).task == "cup_catch-missing"
+    assert resolve(["standard"], {"task": "walker_walk"}).task == "walker_walk"
+    assert resolve(["fusion"], {"task": "walker_walk-fusion"}).task == "walker_walk-fusion"
+    assert resolve(["fusion"]).task == "cartpole_swingup-fusion"
+    with pytest.raises(ConfigError, match=r"preset 'fusion' picks the variant 'fusion'.*"
+                                          r"--task walker_walk -> walker_walk-fusion"):
+        resolve(["fusion"], {"task": "walker_walk-missing"})
+    # No experiment preset, or a later preset that sets the task itself: the name as given.
+    assert resolve([], {"task": "walker_walk"}).task == "walker_walk"
+    assert resolve(["fusion", "cpu"], {"task": "walker_walk"}).task == "walker_walk"
+    config, _, _ = resolve_run(["--preset", "fusion", "--task", "walker_walk",
+                                "--print-config"], "dreamer")
+    assert config.task == "walker_walk-fusion"
+
+
+def test_reward_head_is_3x300_elu_but_the_small_presets_keep_theirs():
+    from estimator.models import MODELS, default_config
+    from estimator.networks import MLPConfig
+    from training.config import model_config
+
+    for name in MODELS:
+        assert default_config(name).reward == MLPConfig(hidden=300, layers=3, act="elu"), name
+    # Runs in flight with these presets must still load their checkpoints.
+    for model, hidden, layers in (("vrkn", 128, 2), ("rssm", 128, 2)):
+        assert model_config(resolve(["cpu"], {"model": model})).reward == MLPConfig(
+            hidden, layers, "elu")
+    for model in ("vrkn", "rssm"):
+        assert model_config(resolve(["debug"], {"model": model})).reward == MLPConfig(
+            32, 1, "elu")
+
+
+def test_learning_rates_are_resumable(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes(b"")  # holds a run
+    (run / "config.json").write_text(json.dumps(to_json(resolve(["debug"]))))
+    config, _, _ = resolve_run(["--resume", str(run), "--dreamer.model_lr", "3e-4",
+                                "--dreamer.actor_lr", "4e-5", "--dreamer.value_lr", "4e-5"],
+                               "dreamer")
+    assert (config.dreamer.model_lr, config.dreamer.actor_lr) == (3e-4, 4e-5)

@@ -62,3 +62,36 @@ def test_rssm_reconstruction():
     with torch.no_grad():
         state = model.filter_step(None, None, sensor_batch(model, obs, torch.device("cpu")))
     assert reconstruct_image(model, state).shape == (1, 64, 64, 3)
+
+
+def test_gif_frames_last_a_tenth_of_a_second(tmp_path):
+    from PIL import Image
+
+    recorder = VideoRecorder(tiny_world_model("vrkn"), max_steps=3)
+    recorder.frames = [np.full((8, 8, 3), v, np.uint8) for v in (0, 120, 240)]
+    path = recorder.save(tmp_path / "v.gif", fps=10)
+    with Image.open(path) as gif:
+        durations = []
+        for index in range(gif.n_frames):
+            gif.seek(index)
+            durations.append(gif.info["duration"])
+    assert durations == [100, 100, 100]  # milliseconds
+
+
+def test_logger_keeps_the_checkpointed_rows_by_count(tmp_path):
+    logger = Logger(tmp_path, tensorboard=False)
+    for step in (10, 20, 20, 30):
+        logger.write(step, {"x": step})
+    assert logger.rows == 4
+    logger.close()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 4')  # cut by a kill
+    again = Logger(tmp_path, tensorboard=False, purge_step=20, keep_rows=2)
+    assert again.rows == 2  # the second row at step 20 came after the checkpoint
+    again.write(30, {"x": 1})
+    again.close()
+    assert [(r["step"], r["x"]) for r in read_metrics(tmp_path)] == [(10, 10), (20, 20),
+                                                                       (30, 1)]
+    fresh = Logger(tmp_path, tensorboard=False, keep_rows=0)  # no checkpoint yet: start over
+    fresh.close()
+    assert fresh.rows == 0 and read_metrics(tmp_path) == []

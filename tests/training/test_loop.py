@@ -12,7 +12,7 @@ import torch
 from tests.training.conftest import debug_config
 from training.agent import AgentPolicy, NonFiniteError, RandomPolicy
 from training.checkpoint import load_checkpoint
-from training.cli import main
+from training.cli import main, resolve_run
 from training.logger import read_metrics
 from training.loop import Trainer
 
@@ -80,9 +80,10 @@ def test_nonfinite_loss_stops_and_keeps_the_checkpoint(tmp_path):
         params = [p.detach().clone() for p in trainer.agent.model.parameters()]
 
         def nan_loss(batch, generator=None):
-            return torch.tensor(float("nan"), requires_grad=True), {"recon": float("nan")}
+            return (torch.tensor(float("nan"), requires_grad=True), {"recon": float("nan")},
+                    None)
 
-        trainer.agent.model.loss = nan_loss
+        trainer.agent.model.loss_and_posterior = nan_loss
         with pytest.raises(NonFiniteError, match="world-model loss is nan"):
             trainer.train(1)
         assert (tmp_path / "checkpoint.pt").read_bytes() == before
@@ -103,6 +104,31 @@ def test_cli_reports_nonfinite(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "world-model loss is nan" in err and "checkpoint.pt" in err
     assert (tmp_path / "checkpoint.pt").exists()  # the one written after prefill
+    # The advice is a command that works: resume with half the world model's rate.
+    advice = f"python -m training.dreamer --resume {tmp_path} --dreamer.model_lr 0.0003"
+    assert advice in err
+    config, _, _ = resolve_run(advice.split()[3:], "dreamer")
+    assert config.dreamer.model_lr == 3e-4
+
+
+def test_collect_keeps_every_episode_of_parallel_envs(tmp_path):
+    from training.driver import LocalEnvs
+    from training.envs import make_task
+
+    def two_local_envs(task, seeds, overrides):
+        return LocalEnvs([make_task(task, s, **overrides) for s in seeds])
+
+    trainer = Trainer(debug_config(**{"env.num_envs": 2}), tmp_path, env_factory=two_local_envs)
+    trainer.setup()
+    try:
+        episodes = trainer.collect(RandomPolicy(1, np.random.default_rng(0)), 1)
+        assert len(episodes) == 2  # both environments finished one: both are kept
+        assert trainer.replay.total_episodes == 2 and trainer.env_steps == 200
+        assert len(list((tmp_path / "episodes").glob("*.npz"))) == 2
+        assert len(trainer.collect(RandomPolicy(1, np.random.default_rng(1)), 3)) == 4
+        assert trainer.replay.total_episodes == 6
+    finally:
+        trainer.close()
 
 
 def test_policy_restarts_the_filter_on_first_rows(tmp_path):

@@ -110,12 +110,14 @@ def test_bootstrap_rejects_bad_input():
 # -------------------------------------------------------------- synthetic runs
 
 def write_run(root: Path, agent: str, model: str, task: str, seed: int, steps,
-              level: float, rng: np.random.Generator, metric: str = "eval/return") -> Path:
+              level: float, rng: np.random.Generator, metric: str = "eval/return",
+              config: dict | None = None, name: str = "") -> Path:
     """A run directory as the training loop writes it: a noisy saturating curve."""
-    path = root / f"{agent}-{model}-{task}-{seed}"
+    path = root / (name or f"{agent}-{model}-{task}-{seed}")
     path.mkdir(parents=True)
     (path / "config.json").write_text(json.dumps(
-        {"agent": agent, "model": model, "task": task, "seed": seed, "lr": 6e-4}))
+        {"agent": agent, "model": model, "task": task, "seed": seed, "lr": 6e-4,
+         **(config or {})}))
     lines = []
     for step in steps:
         lines.append({"step": int(step), "train/loss": float(rng.normal())})
@@ -246,3 +248,34 @@ def test_tolerates_a_half_written_last_line(runs_dir, caplog):
         f.write('\n{"step": 600000, "eval/return": 1.0}\n')
     with pytest.raises(ReportError, match=r"metrics\.jsonl:\d+: not JSON"):
         load_run(run, "eval/return")
+
+
+def test_runs_whose_configs_differ_are_not_pooled(tmp_path, capsys, caplog):
+    rng = np.random.default_rng(2)
+    root = tmp_path / "runs"
+    for batch, level in ((50, 850), (16, 300)):
+        for task in ("cartpole_swingup", "walker_walk"):
+            for seed in range(2):
+                # device, logging and run length differ too: they do not split groups
+                write_run(root, "dreamer", "vrkn", task, seed, STEPS, level, rng,
+                          config={"device": f"cuda:{seed}", "log": {"video": bool(seed)},
+                                  "replay": {"batch": batch, "length": 50},
+                                  "loop": {"steps": 500_000 + seed}},
+                          name=f"vrkn-b{batch}-{task}-{seed}")
+    write_run(root, "dreamer", "rssm", "walker_walk", 0, STEPS, 700, rng,
+              config={"replay": {"batch": 50}}, name="rssm-0")
+    out = tmp_path / "report"
+    with caplog.at_level(logging.WARNING):
+        assert main([str(root / "*"), "--out", str(out), "--reps", "500"]) == 0
+    assert "9 runs, 3 (agent, model, config differences) groups" in capsys.readouterr().out
+    assert "dreamer/vrkn: the runs' configs differ in replay.batch" in caplog.text
+    markdown = (out / "report.md").read_text()
+    assert "Runs whose configs differ are not pooled" in markdown
+    rows = table_rows(markdown)
+    assert set(rows) == {"dreamer/vrkn [replay.batch=16]", "dreamer/vrkn [replay.batch=50]",
+                         "dreamer/rssm"}
+    assert rows["dreamer/vrkn [replay.batch=16]"][:2] == ["2", "4"]  # 2 tasks, 4 runs
+    assert float(rows["dreamer/vrkn [replay.batch=16]"][3]) < float(
+        rows["dreamer/vrkn [replay.batch=50]"][3])
+    configs = {(s["model"], s["config"]) for s in json.loads((out / "summary.json").read_text())}
+    assert configs == {("vrkn", "replay.batch=16"), ("vrkn", "replay.batch=50"), ("rssm", "")}

@@ -37,7 +37,7 @@ def tiny_model(name: str, sensors: str, **extra) -> torch.nn.Module:
 
 def synthetic_data(sensors: str, batch: int = 3, steps: int = 6, seed: int = 0,
                    image_rate: float = 0.5, occlusion: bool = False) -> dict[str, torch.Tensor]:
-    """A batch in the DESIGN §5 dict contract; images valid on ~image_rate of the steps
+    """A batch in the docs/design.md §1 dict contract; images valid on ~image_rate of the steps
     (always at t = 0), proprio at every step."""
     g = torch.Generator().manual_seed(seed)
     data: dict[str, torch.Tensor] = {

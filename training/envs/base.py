@@ -1,7 +1,7 @@
 """The task interface the training loop uses, and the base class of the variant wrappers.
 
 A task follows the embodied API of DreamerV3: ``reset()`` and ``step(action)``
-both return one observation dict (DESIGN.md §5) that also carries ``reward``,
+both return one observation dict (docs/design.md §1) that also carries ``reward``,
 ``is_first``, ``is_last`` and ``is_terminal``. After ``is_last`` call ``reset()``.
 
 Keys of the observation dict:

@@ -13,7 +13,7 @@ class Occlusion(Wrapper):
     """Draws ``occluders`` over every image and adds ``mask/image``.
 
     ``mask/image`` is True where the true pixel is visible, for masked
-    reconstruction (DESIGN.md §2); the loss mask is training-only information, an
+    reconstruction (docs/design.md §3.2); the loss mask is training-only information, an
     agent must not read it. A new pattern is drawn from ``rng`` at every reset, and
     the pattern moves once per agent step whether or not the frame is rendered.
     When the image is missing the mask is all False.

@@ -1,8 +1,9 @@
 """Proprioception for the fusion variant: low-dimensional robot state at every step.
 
 What counts as proprioceptive is task dependent (paper §4.2.3): the robot's own
-configuration, never what has to be inferred from the camera. Paper / DESIGN.md
-§3 definitions for cheetah, walker, cartpole and cup; ours (marked) for the rest.
+configuration, never what has to be inferred from the camera. The paper's
+definitions (docs/design.md §4.3) for cheetah, walker, cartpole and cup; ours (marked) for
+the rest.
 """
 
 from __future__ import annotations
@@ -96,3 +97,26 @@ class Proprioception(Wrapper):
         obs["valid/proprio"] = np.bool_(True)
         obs["time/proprio"] = np.float64(self._base.time)
         return obs
+
+
+def measured_state_names(task: Task) -> tuple[str, ...]:
+    """The ``state`` elements the task's proprioception measures directly (by name), e.g.
+    ``("cart_position",)`` for cartpole fusion; () for a task without proprioception. The
+    rest of the state is hidden: it must be inferred."""
+    wrapper: Task | None = task
+    spec = None
+    while isinstance(wrapper, Wrapper):
+        if isinstance(wrapper, Proprioception):
+            spec = wrapper.spec
+            break
+        wrapper = wrapper.task
+    base = task.unwrapped
+    if spec is None or not isinstance(base, DMCTask):
+        return ()
+    names, offset = base.state_names, 0
+    for key, shape in base.state_spec.items():
+        size = int(np.prod(shape)) if shape else 1
+        if key == spec.key:
+            return tuple(names[offset + i] for i in range(size)[spec.start:spec.stop])
+        offset += size
+    return ()

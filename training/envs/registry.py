@@ -71,7 +71,7 @@ ACTION_NOISE_STD = {
     "pendulum_swingup": 0.3,
 }
 
-# PlaNet's per-domain action repeat (DESIGN.md §3); Dreamer uses 2 everywhere,
+# PlaNet's per-domain action repeat (docs/design.md §4.2); Dreamer uses 2 everywhere,
 # which is the default of ``action_repeat``.
 PLANET_ACTION_REPEAT = {"cheetah": 4, "walker": 2, "cartpole": 8, "ball_in_cup": 4}
 DEFAULT_ACTION_REPEAT = 2

@@ -42,7 +42,7 @@ _PROBE = (
     "from mujoco.{backend} import GLContext\nc = GLContext(64, 64)\nc.make_current()\nc.free()\n"
 )
 
-# Fast offscreen settings (DESIGN.md §6): no multisampling, small shadow maps.
+# Fast offscreen settings (docs/design.md §6): no multisampling, small shadow maps.
 FAST_SHADOW_SIZE = 256
 FAST_OFFSAMPLES = 0
 

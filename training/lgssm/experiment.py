@@ -268,7 +268,7 @@ def summarise(per_seed: list[dict], cfg: Config) -> dict[str, dict[str, dict[str
     return summary
 
 
-# The paper's qualitative claims (DESIGN §3) as checks on the summary means; thresholds
+# The paper's qualitative claims (docs/design.md §4.4) as checks on the summary means; thresholds
 # chosen from the measured numbers with margin (see tests/test_lgssm.py).
 CLAIM_THRESHOLDS = {
     "ssm_sigma_factor": 1.5,  # SSM sigma~ within this factor of 0.01
