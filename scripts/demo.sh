@@ -79,8 +79,7 @@ if ! "$PY" -c "import sys; from server.runtime import load_bundle; \
 load_bundle(sys.argv[1], providers='cpu')" "$SHIPPED"; then
   echo "error: the shipped bundle $SHIPPED does not load (see above)" >&2; exit 1
 fi
-echo "== A. the shipped model: $SHIPPED ($(cat "$SHIPPED/MODEL_CARD.md" 2>/dev/null | \
-  grep -m1 -o 'return [^|]*IQM[^|]*' || echo 'see its model card'))"
+echo "== A. the shipped model: $SHIPPED (model card: $SHIPPED.md)"
 mkdir -p "$OUT/shipped"
 drive shipped "$SHIPPED" "$OUT/shipped/sim" --compare-in-process --compare-random
 
@@ -119,7 +118,8 @@ for label, path in (("shipped", sys.argv[1]), ("fresh (this demo)", sys.argv[2])
                  st.get("hidden_cov90"), c["p50"], c["p99"]))
 print(f"{'model':<20}{'return':>8}{'random':>8}{'hidden nRMSE':>14}{'hidden cov90':>14}"
       f"{'step p50 ms':>13}{'p99 ms':>8}")
-fmt = lambda v, f: format(v, f) if v is not None else "-"
+def fmt(v, f):
+    return format(v, f) if v is not None else "-".rjust(int(f.split(".")[0]))
 for r in rows:
     print(f"{r[0]:<20}{fmt(r[1], '8.1f')}{fmt(r[2], '8.1f')}{fmt(r[3], '14.3f')}"
           f"{fmt(r[4] and 100 * r[4], '13.0f')}%{fmt(r[5], '13.2f')}{fmt(r[6], '8.2f')}")

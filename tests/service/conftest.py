@@ -86,7 +86,8 @@ class ServerProcess:
         self.ready_file = workdir / f"ready-{time.monotonic_ns()}.json"
         self.log_path = workdir / f"server-{time.monotonic_ns()}.log"
         bundle = [] if bundle_dir is None else ["--bundle", f"tiny={bundle_dir}"]
-        cmd = [sys.executable, "-m", "server", *bundle, "--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0",
+        cmd = [sys.executable, "-m", "server", *bundle, "--host", "127.0.0.1",
+               "--grpc-port", "0", "--http-port", "0",
                "--ready-file", str(self.ready_file), *args]
         self._log = self.log_path.open("w")
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("VRKN_")}
