@@ -11,6 +11,11 @@ Writes bench/results/service.{json,md}. The machine is shared: the load average 
 after is recorded with the results.
 
     python bench/service.py [--bundle DIR] [--messages 2000] [--seconds 4]
+    python bench/service.py --bundle DIR --state-head-cost [--rounds 3]
+
+``--state-head-cost``: what the state estimate adds to a proprio message's round trip on
+the gRPC stream, the bundle against a copy without its state head, alternating servers
+(bench/results/service_state_head.{json,md}).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """``python -m clients.robot_sim --task cartpole_swingup-fusion --server 127.0.0.1:50051``
 
 Runs one episode of the task as the robot, in closed loop through the service, and prints
-a summary: return, tracking error, camera delivery, latency percentiles.
+a summary: return, hidden-state tracking with coverage, camera delivery, latency percentiles.
 """
 
 from __future__ import annotations
