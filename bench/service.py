@@ -11,11 +11,8 @@ Writes bench/results/service.{json,md}. The machine is shared: the load average 
 after is recorded with the results.
 
     python bench/service.py [--bundle DIR] [--messages 2000] [--seconds 4]
-    python bench/service.py --bundle DIR --state-head-cost [--rounds 3]
 
-``--state-head-cost``: what the state estimate adds to a proprio message's round trip on
-the gRPC stream, the bundle against a copy without its state head, alternating servers
-(bench/results/service_state_head.{json,md}).
+What the state estimate adds to a round trip: bench/service_state_head.py.
 """
 
 from __future__ import annotations
@@ -59,6 +56,16 @@ def export_default_bundle(path: Path) -> Path:
     info = ExportInputs(PERIOD, (-1.0,) * A, (1.0,) * A,
                         {"proprio": (np.zeros(P), np.ones(P))}, {"note": "bench, untrained"})
     return export_bundle(model, actor, info, path)
+
+
+def use_bundle_sizes(bundle: Path) -> None:
+    """Proprio size and control period of a given bundle (the messages must fit it)."""
+    global P, PERIOD
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    PERIOD = float(manifest["control_period_s"])
+    for s in manifest["sensors"]:
+        if s["name"] == "proprio":
+            P = int(s["shape"][0])
 
 
 def start_server(bundle: Path, workdir: Path, *args: str) -> tuple[subprocess.Popen, dict]:
@@ -302,71 +309,6 @@ def encoder_batches(url: str) -> dict[str, float]:
     return {"runs": runs, "mean_batch": round(values.get("sum", 0.0) / max(runs, 1), 2)}
 
 
-def use_bundle_sizes(bundle: Path) -> None:
-    """Proprio size and control period of a given bundle (the messages must fit it)."""
-    global P, PERIOD
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    PERIOD = float(manifest["control_period_s"])
-    for s in manifest["sensors"]:
-        if s["name"] == "proprio":
-            P = int(s["shape"][0])
-
-
-def without_state_head(bundle: Path, out: Path) -> Path:
-    """A copy of ``bundle`` without its state head (same networks otherwise)."""
-    import shutil
-
-    shutil.copytree(bundle, out)
-    manifest = json.loads((out / "manifest.json").read_text())
-    state = manifest.pop("state", None)
-    if state is None:
-        raise SystemExit(f"{bundle} has no state head to compare against")
-    entry = manifest["networks"].pop(state["network"])
-    manifest["files"].pop(entry["file"])
-    (out / entry["file"]).unlink()
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    return out
-
-
-def state_head_cost(bundle: Path, messages: int, rounds: int, limit_s: float) -> None:
-    """p50/p99 of proprio -> belief on the gRPC stream with and without the state head,
-    alternating servers over ``rounds`` (same run, same machine)."""
-    load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        plain = without_state_head(bundle, tmp / "no-head")
-        rows, images = [], [png(np.random.default_rng(0))]
-        for r in range(rounds):
-            for label, b in (("with state head", bundle), ("without state head", plain)):
-                work = tmp / f"{label.replace(' ', '-')}-{r}"
-                work.mkdir()
-                proc, info = start_server(b, work)
-                try:
-                    g = grpc_single(f"127.0.0.1:{info['grpc_port']}", "proprio", messages,
-                                    images, limit_s)
-                finally:
-                    proc.terminate()
-                    proc.wait(30)
-                p50, p99 = stats(g["stream"])
-                rows.append({"bundle": label, "round": r, "p50_ms": round(p50, 3),
-                             "p99_ms": round(p99, 3), "messages": len(g["stream"]),
-                             "loadavg": os.getloadavg()[0]})
-                print(rows[-1], flush=True)
-    med = {lab: float(np.median([x["p50_ms"] for x in rows if x["bundle"] == lab]))
-           for lab in ("with state head", "without state head")}
-    p99 = {lab: float(np.median([x["p99_ms"] for x in rows if x["bundle"] == lab]))
-           for lab in med}
-    added = med["with state head"] - med["without state head"]
-    print(f"state head adds {added:.3f} ms to the p50 (median over {rounds} rounds)")
-    write_results("service_state_head", f"Cost of the state estimate: gRPC stream, 1 session, "
-                  f"proprio -> belief (python bench/service.py --bundle {bundle} "
-                  f"--state-head-cost); the head adds {added:.3f} ms to the p50",
-                  ["bundle", "p50 ms (median of rounds)", "p99 ms (median of rounds)"],
-                  [[k, f"{med[k]:.3f}", f"{p99[k]:.3f}"] for k in med], rows,
-                  machine_meta(load_before, bundle=str(bundle), rounds=rounds,
-                               added_p50_ms=added))
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--bundle", type=Path, help="default: export an untrained default-size VRKN")
@@ -377,17 +319,9 @@ def main() -> None:
     p.add_argument("--limit-s", type=float, default=30.0, help="time cap per case")
     p.add_argument("--server-arg", action="append", default=[],
                    help="extra server flag, e.g. --server-arg=--batch-window-ms=1")
-    p.add_argument("--state-head-cost", action="store_true",
-                   help="only measure what the state head adds (needs --bundle with a head)")
-    p.add_argument("--rounds", type=int, default=3, help="A/B rounds of --state-head-cost")
     args = p.parse_args()
     if args.bundle is not None:
         use_bundle_sizes(args.bundle)
-    if args.state_head_cost:
-        if args.bundle is None:
-            raise SystemExit("--state-head-cost needs --bundle DIR (a bundle with a state head)")
-        state_head_cost(args.bundle, args.messages, args.rounds, args.limit_s)
-        return
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
