@@ -39,8 +39,9 @@ def check_out(out: Path) -> Path:
     return out
 
 
-def open_source(source: Path, camera: bool, seed: int) -> tuple[Any, dict[str, Any]]:
-    """(estimator, facts) for a bundle folder or a run directory."""
+def open_source(source: Path, seed: int) -> tuple[Any, dict[str, Any]]:
+    """(make_estimator(camera) -> estimator, facts) for a bundle folder or a run directory,
+    loaded once: every estimator made shares the bundle or the trained agent."""
     if (source / "manifest.json").is_file():
         from server.runtime import BundleError, load_bundle
         from training.evaluation import BundleEstimator
@@ -50,8 +51,8 @@ def open_source(source: Path, camera: bool, seed: int) -> tuple[Any, dict[str, A
         except BundleError as e:
             raise EvaluationError(str(e)) from None
         config = bundle.manifest.training_config
-        return BundleEstimator(bundle, camera), {"kind": "bundle", "config": config,
-                                                 "model": "vrkn"}
+        return (lambda camera: BundleEstimator(bundle, camera)), {
+            "kind": "bundle", "config": config, "model": "vrkn"}
     if (source / "config.json").is_file() or source.is_file():
         from training.config import to_json
         from training.evaluation import TorchEstimator
@@ -61,10 +62,9 @@ def open_source(source: Path, camera: bool, seed: int) -> tuple[Any, dict[str, A
             run = load_run(source)
         except (FileNotFoundError, ValueError) as e:
             raise EvaluationError(str(e)) from None
-        return TorchEstimator(run, camera, seed), {"kind": "run", "config": to_json(run.config),
-                                                   "model": run.config.model,
-                                                   "env_steps": run.env_steps,
-                                                   "updates": run.updates}
+        return (lambda camera: TorchEstimator(run, camera, seed)), {
+            "kind": "run", "config": to_json(run.config), "model": run.config.model,
+            "env_steps": run.env_steps, "updates": run.updates}
     raise EvaluationError(f"{source}: neither a bundle (manifest.json) nor a run directory "
                           "(config.json + checkpoint.pt)")
 
@@ -108,10 +108,11 @@ def evaluate(source: Path, task: str | None, episodes: int, seed: int, video: bo
     from training.estimation_report import markdown, plot_pole_trace, plot_reliability, summarise
     from training.evaluation import held_out_seeds, run_episode, save_video
 
-    main, facts = open_source(source, True, seed)
+    make, facts = open_source(source, seed)
+    main = make(True)
     estimators = {"model": main}
     if camera_baseline:
-        estimators["camera withheld"] = open_source(source, False, seed)[0]
+        estimators["camera withheld"] = make(False)
     task = task or str(facts["config"].get("task", ""))
     if not task:
         raise EvaluationError(f"{source}: no task recorded; give --task")
