@@ -147,9 +147,12 @@ class RunConfig:
 
 SECTIONS = ("env", "replay", "dreamer", "planet", "loop", "log", "state", "perf")
 
-# Keys a resumed run may change: how long to run, where, what to log, and the learning
-# rates (to continue past a non-finite loss with a lower one; Adam's moments are kept).
+# Keys a resumed run may change: how long to run, where, what to log, the replay ratio
+# (updates per collected episode: the replay buffer and optimisers do not depend on it) and
+# the learning rates (to continue past a non-finite loss with a lower one; Adam's moments
+# are kept).
 RESUMABLE = ("device", "threads", "loop.steps", "loop.minutes", "loop.eval_every",
+             "loop.train_steps",
              "loop.eval_episodes", "loop.checkpoint_every", "log.", "perf.",
              "dreamer.model_lr", "dreamer.actor_lr", "dreamer.value_lr", "planet.model_lr")
 
