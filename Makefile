@@ -8,8 +8,9 @@ PY := $(VENV)/bin/python
 # editable install maps the packages that exist when it runs).
 STAMP := $(VENV)/.installed-$(shell (cat pyproject.toml; ls -d */__init__.py) | md5sum | cut -c1-12)
 # Headless MuJoCo rendering: EGL (default) and OSMesa (fallback); docker-compose (Debian's
-# v1, no engine needed) validates docker-compose.yml in the tests.
-APT_PACKAGES := libegl1 libopengl0 libgl1-mesa-dri libosmesa6 docker-compose
+# v1, no engine needed) validates docker-compose.yml in the tests; redis-server and nginx
+# run the fleet on loopback (tests/scale, server/deploy/local.py).
+APT_PACKAGES := libegl1 libopengl0 libgl1-mesa-dri libosmesa6 docker-compose redis-server nginx
 PYTEST_ARGS ?=
 DEMO_OUT ?= runs/demo
 
@@ -36,8 +37,8 @@ system-deps:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else \
 	    echo "warning: missing Debian packages:$$missing (headless MuJoCo rendering, compose"; \
-	    echo "         validation); run as root: apt-get install$$missing   -- rendering tests"; \
-	    echo "         fail and the compose test is skipped without them"; \
+	    echo "         validation, the fleet on loopback); run as root: apt-get install$$missing"; \
+	    echo "         -- rendering tests fail, the compose and fleet tests are skipped without them"; \
 	  fi; \
 	fi
 

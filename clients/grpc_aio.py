@@ -10,17 +10,23 @@ deadlines, retries and errors as ``clients.grpc_client.EstimatorClient``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from typing import Any
 
 import grpc
 import numpy as np
 
+from clients import affinity, types
 from clients import grpc_common as common
-from clients import types
-from clients.errors import DeadlineExceededError, EstimatorError, UnavailableError, from_grpc
+from clients.errors import EstimatorError, UnavailableError, from_grpc
 from clients.messages import Message, to_pb
-from clients.retry import Deadline, RetryPolicy, plan_retry
+from clients.retry import Deadline, RetryPolicy, call_with_retry_async
+
+
+async def _aiter(messages: Iterable[Message]) -> AsyncIterator[Message]:
+    for m in messages:
+        yield m
 
 
 class AsyncEstimatorClient:
@@ -39,22 +45,22 @@ class AsyncEstimatorClient:
 
         self._stub = estimator_pb2_grpc.EstimatorStub(self._channel)
 
-    async def _invoke(self, call: common.Call, timeout: float | None) -> Any:
+    async def _invoke(self, call: common.Call, timeout: float | None,
+                      session_id: str | None = None) -> Any:
         name, request, convert = call
         method = getattr(self._stub, name)
-        deadline = Deadline(self.timeout if timeout is None else timeout)
-        attempt = 0
-        while True:
-            attempt += 1
-            left = deadline.remaining()
-            if left is not None and left <= 0:
-                raise DeadlineExceededError(f"{name}: deadline reached before attempt "
-                                            f"{attempt}")
+        # the balancer routes on the session's id (CreateSession: the new id, given here)
+        metadata = affinity.with_session(self._metadata,
+                                         session_id or affinity.session_of(request))
+
+        async def attempt(left: float | None) -> Any:
             try:
-                return convert(await method(request, timeout=left, metadata=self._metadata))
+                return convert(await method(request, timeout=left, metadata=metadata))
             except grpc.RpcError as e:
-                error = from_grpc(e)
-            await asyncio.sleep(plan_retry(self.retry, deadline, attempt, error, name))
+                raise from_grpc(e) from None
+
+        return await call_with_retry_async(self.retry, self.timeout if timeout is None
+                                           else timeout, name, attempt)
 
     async def close(self) -> None:
         await self._channel.close()
@@ -74,9 +80,12 @@ class AsyncEstimatorClient:
 
     async def create_session(self, model: str | None = None, start_time: float | None = None,
                              history_window_s: float | None = None, *,
-                             timeout: float | None = None) -> types.SessionInfo:
+                             session_id: str | None = None, timeout: float | None = None
+                             ) -> types.SessionInfo:
+        """``session_id``: the new session's id (default: a random one), sent in the
+        affinity header so that a balancer routes the create where its calls will go."""
         return await self._invoke(common.create_session(model, start_time, history_window_s),
-                                  timeout)
+                                  timeout, session_id or affinity.new_session_id())
 
     async def describe_session(self, session_id: str, *, timeout: float | None = None
                                ) -> types.SessionInfo:
@@ -97,22 +106,30 @@ class AsyncEstimatorClient:
         return await self._invoke(common.send_message(msg), timeout)
 
     async def stream_messages(self, messages: Iterable[Message] | AsyncIterable[Message], *,
-                              timeout: float | None = None) -> AsyncIterator[types.Ack]:
+                              timeout: float | None = None, session_id: str | None = None
+                              ) -> AsyncIterator[types.Ack]:
         """One bidirectional stream; yields an Ack per message in completion order (refused
-        messages as Acks with ``error``). Not retried; ``timeout`` bounds the stream."""
+        messages as Acks with ``error``). Not retried; ``timeout`` bounds the stream. A
+        stream carries one session: its id goes in the affinity header (``session_id``,
+        else the first message's, awaited before the stream opens)."""
+        source = aiter(messages if isinstance(messages, AsyncIterable) else _aiter(messages))
+        first: list[Message] = []
+        if not session_id:
+            with contextlib.suppress(StopAsyncIteration):
+                first.append(await anext(source))
 
         async def requests():
-            if isinstance(messages, AsyncIterable):
-                async for m in messages:
-                    yield to_pb(m)
-            else:
-                for m in messages:
-                    yield to_pb(m)
+            for m in first:
+                yield to_pb(m)
+            async for m in source:
+                yield to_pb(m)
 
-        call = self._stub.StreamMessages(requests(), timeout=timeout, metadata=self._metadata)
+        sid = session_id or (first[0].session_id if first else None)
+        call = self._stub.StreamMessages(requests(), timeout=timeout,
+                                         metadata=affinity.with_session(self._metadata, sid))
         try:
             async for ack in call:
-                yield types.ack_from_pb(ack)
+                yield common.ack_from_pb(ack)
         except grpc.RpcError as e:
             raise from_grpc(e) from None
         finally:

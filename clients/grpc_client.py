@@ -14,6 +14,7 @@ with the server's message.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -21,11 +22,11 @@ from typing import Any
 import grpc
 import numpy as np
 
+from clients import affinity, types
 from clients import grpc_common as common
-from clients import types
-from clients.errors import DeadlineExceededError, EstimatorError, UnavailableError, from_grpc
+from clients.errors import EstimatorError, UnavailableError, from_grpc
 from clients.messages import Message, to_pb
-from clients.retry import Deadline, RetryPolicy, plan_retry
+from clients.retry import Deadline, RetryPolicy, call_with_retry
 
 
 class EstimatorClient:
@@ -48,24 +49,22 @@ class EstimatorClient:
         self._stub = estimator_pb2_grpc.EstimatorStub(self._channel)
 
     # -- plumbing ------------------------------------------------------------------------
-    def _invoke(self, call: common.Call, timeout: float | None, retry: RetryPolicy | None = None
-                ) -> Any:
+    def _invoke(self, call: common.Call, timeout: float | None, retry: RetryPolicy | None = None,
+                session_id: str | None = None) -> Any:
         name, request, convert = call
         method = getattr(self._stub, name)
-        policy = retry or self.retry
-        deadline = Deadline(self.timeout if timeout is None else timeout)
-        attempt = 0
-        while True:
-            attempt += 1
-            left = deadline.remaining()
-            if left is not None and left <= 0:
-                raise DeadlineExceededError(f"{name}: deadline reached before attempt "
-                                            f"{attempt}")
+        # the balancer routes on the session's id (CreateSession: the new id, given here)
+        metadata = affinity.with_session(self._metadata,
+                                         session_id or affinity.session_of(request))
+
+        def attempt(left: float | None) -> Any:
             try:
-                return convert(method(request, timeout=left, metadata=self._metadata))
+                return convert(method(request, timeout=left, metadata=metadata))
             except grpc.RpcError as e:
-                error = from_grpc(e)
-            time.sleep(plan_retry(policy, deadline, attempt, error, name))
+                raise from_grpc(e) from None
+
+        return call_with_retry(retry or self.retry, self.timeout if timeout is None
+                               else timeout, name, attempt)
 
     def close(self) -> None:
         self._channel.close()
@@ -87,9 +86,12 @@ class EstimatorClient:
 
     def create_session(self, model: str | None = None, start_time: float | None = None,
                        history_window_s: float | None = None, *,
-                       timeout: float | None = None) -> types.SessionInfo:
+                       session_id: str | None = None, timeout: float | None = None
+                       ) -> types.SessionInfo:
+        """``session_id``: the new session's id (default: a random one), sent in the
+        affinity header so that a balancer routes the create where its calls will go."""
         return self._invoke(common.create_session(model, start_time, history_window_s),
-                            timeout)
+                            timeout, session_id=session_id or affinity.new_session_id())
 
     def describe_session(self, session_id: str, *, timeout: float | None = None
                          ) -> types.SessionInfo:
@@ -111,17 +113,22 @@ class EstimatorClient:
         msg = Message(session_id, sensor, timestamp, value, sequence, return_belief, encoding)
         return self._invoke(common.send_message(msg), timeout)
 
-    def stream_messages(self, messages: Iterable[Message], *, timeout: float | None = None
-                        ) -> Iterator[types.Ack]:
+    def stream_messages(self, messages: Iterable[Message], *, timeout: float | None = None,
+                        session_id: str | None = None) -> Iterator[types.Ack]:
         """Sensor messages over one bidirectional stream; yields one Ack per message in
         completion order (match them by ``sequence``). A refused message comes back as an
         Ack with ``error`` set and the stream goes on. Not retried (the messages are
-        consumed); ``timeout`` (default: none) bounds the whole stream."""
-        requests = (to_pb(m) for m in messages)
-        call = self._stub.StreamMessages(requests, timeout=timeout, metadata=self._metadata)
+        consumed); ``timeout`` (default: none) bounds the whole stream. A stream carries
+        one session: its id goes in the affinity header (``session_id``, else the first
+        message's, which is then waited for before the stream opens)."""
+        first, rest = affinity.first_and_rest(messages, session_id)
+        requests = (to_pb(m) for m in itertools.chain(first, rest))
+        sid = session_id or (first[0].session_id if first else None)
+        call = self._stub.StreamMessages(requests, timeout=timeout,
+                                         metadata=affinity.with_session(self._metadata, sid))
         try:
             for ack in call:
-                yield types.ack_from_pb(ack)
+                yield common.ack_from_pb(ack)
         except grpc.RpcError as e:
             raise from_grpc(e) from None
         finally:

@@ -1,16 +1,19 @@
 """What the sync and asyncio gRPC clients share: channel options, metadata, and for each
-operation the RPC name, its request and the converter of its answer."""
+operation the RPC name, its request and the decoder of its answer (field-driven:
+``proto.pb_codec.from_pb`` into the types of ``clients.types``)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from clients import types
 from clients.messages import Message, to_pb
+from proto import wire
 
 TOKEN_ENV = "VRKN_TOKEN"
 # Large enough for 64x64 raw images with room to spare; the server enforces its own limit.
@@ -35,9 +38,24 @@ def _pb():
     return estimator_pb2
 
 
+def _from_pb(cls: type, message: Any) -> Any:
+    from proto.pb_codec import from_pb  # imported on first use (the HTTP client needs none)
+
+    return from_pb(cls, message)
+
+
+def ack_from_pb(message: Any) -> types.Ack:
+    return types.Ack.of(_from_pb(wire.Ack, message))
+
+
+session_from_pb = partial(_from_pb, types.SessionInfo)
+action_from_pb = partial(_from_pb, types.Action)
+belief_from_pb = partial(_from_pb, types.Belief)
+
+
 def list_models() -> Call:
     return ("ListModels", _pb().ListModelsRequest(),
-            lambda r: [types.model_from_pb(m) for m in r.models])
+            lambda r: [_from_pb(types.ModelInfo, m) for m in r.models])
 
 
 def create_session(model: str | None, start_time: float | None,
@@ -47,18 +65,18 @@ def create_session(model: str | None, start_time: float | None,
         req.start_time = float(start_time)
     if history_window_s is not None:
         req.history_window_s = float(history_window_s)
-    return "CreateSession", req, types.session_from_pb
+    return "CreateSession", req, session_from_pb
 
 
 def describe_session(session_id: str) -> Call:
-    return "DescribeSession", _pb().SessionRef(session_id=session_id), types.session_from_pb
+    return "DescribeSession", _pb().SessionRef(session_id=session_id), session_from_pb
 
 
 def reset_session(session_id: str, start_time: float | None) -> Call:
     req = _pb().ResetSessionRequest(session_id=session_id)
     if start_time is not None:
         req.start_time = float(start_time)
-    return "ResetSession", req, types.session_from_pb
+    return "ResetSession", req, session_from_pb
 
 
 def close_session(session_id: str) -> Call:
@@ -66,7 +84,7 @@ def close_session(session_id: str) -> Call:
 
 
 def send_message(msg: Message) -> Call:
-    return "SendMessage", to_pb(msg), types.ack_from_pb
+    return "SendMessage", to_pb(msg), ack_from_pb
 
 
 def report_action(session_id: str, timestamp: float, values: Sequence[float] | np.ndarray
@@ -74,19 +92,19 @@ def report_action(session_id: str, timestamp: float, values: Sequence[float] | n
     vals = np.asarray(values, np.float32).reshape(-1).tolist()
     return ("ReportAction", _pb().ActionReport(session_id=session_id,
                                                timestamp=float(timestamp), values=vals),
-            types.action_from_pb)
+            action_from_pb)
 
 
 def get_action(session_id: str, timestamp: float) -> Call:
     return ("GetAction", _pb().ActionRequest(session_id=session_id, timestamp=float(timestamp)),
-            types.action_from_pb)
+            action_from_pb)
 
 
 def get_belief(session_id: str, timestamp: float | None) -> Call:
     req = _pb().BeliefRequest(session_id=session_id)
     if timestamp is not None:
         req.timestamp = float(timestamp)
-    return "GetBelief", req, types.belief_from_pb
+    return "GetBelief", req, belief_from_pb
 
 
 def health_request(service: str) -> Any:

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from clients import types
+from clients import affinity, types
 from clients.errors import (
     DeadlineExceededError,
     EstimatorError,
@@ -27,7 +27,15 @@ from clients.errors import (
 )
 from clients.grpc_common import token_from_env
 from clients.messages import Message, to_json
-from clients.retry import Deadline, RetryPolicy, plan_retry
+from clients.retry import Deadline, RetryPolicy, call_with_retry
+from proto import wire
+from proto.json_codec import from_json
+
+
+def _session_in(path: str) -> str | None:
+    """The session id of a ``/v1/sessions/{id}...`` path (None for other paths)."""
+    parts = path.split("/")
+    return parts[3] if len(parts) > 3 and parts[1:3] == ["v1", "sessions"] else None
 
 
 class HttpEstimatorClient:
@@ -45,32 +53,30 @@ class HttpEstimatorClient:
 
     def _request(self, method: str, path: str, *, json: Any = None,
                  params: dict | None = None, timeout: float | None = None,
-                 expect_body: bool = True) -> Any:
+                 expect_body: bool = True, session_id: str | None = None) -> Any:
         what = f"{method} {path}"
-        deadline = Deadline(self.timeout if timeout is None else timeout)
-        attempt = 0
-        while True:
-            attempt += 1
-            left = deadline.remaining()
-            if left is not None and left <= 0:
-                raise DeadlineExceededError(f"{what}: deadline reached before attempt {attempt}")
+        # the balancer routes on the session's id: the path's, or the new one of a create
+        headers = affinity.headers(session_id or _session_in(path))
+
+        def attempt(left: float | None) -> Any:
             try:
                 r = self._http.request(method, path, json=json, params=params,
-                                       timeout=httpx.Timeout(left))
+                                       headers=headers, timeout=httpx.Timeout(left))
             except httpx.TimeoutException as e:
                 raise DeadlineExceededError(f"{what}: no answer within the deadline ({e})"
                                             ) from None
             except httpx.TransportError as e:  # refused, reset: the server was not reached
-                error: EstimatorError = UnavailableError(f"{what}: {type(e).__name__}: {e}")
-            else:
-                if r.status_code < 400:
-                    return r.json() if expect_body else None
-                try:
-                    body = r.json()
-                except ValueError:
-                    body = r.text
-                error = from_http(r.status_code, body)
-            time.sleep(plan_retry(self.retry, deadline, attempt, error, what))
+                raise UnavailableError(f"{what}: {type(e).__name__}: {e}") from None
+            if r.status_code < 400:
+                return r.json() if expect_body else None
+            try:
+                body = r.json()
+            except ValueError:
+                body = r.text
+            raise from_http(r.status_code, body)
+
+        return call_with_retry(self.retry, self.timeout if timeout is None else timeout, what,
+                               attempt)
 
     def close(self) -> None:
         self._http.close()
@@ -83,7 +89,7 @@ class HttpEstimatorClient:
 
     # -- operations ----------------------------------------------------------------------
     def list_models(self, *, timeout: float | None = None) -> list[types.ModelInfo]:
-        return [types.model_from_json(m) for m in
+        return [from_json(types.ModelInfo, m) for m in
                 self._request("GET", "/v1/models", timeout=timeout)]
 
     def model(self, name: str | None = None, *, timeout: float | None = None
@@ -92,19 +98,23 @@ class HttpEstimatorClient:
 
     def create_session(self, model: str | None = None, start_time: float | None = None,
                        history_window_s: float | None = None, *,
-                       timeout: float | None = None) -> types.SessionInfo:
+                       session_id: str | None = None, timeout: float | None = None
+                       ) -> types.SessionInfo:
+        """``session_id``: the new session's id (default: a random one), sent in the
+        affinity header so that a balancer routes the create where its calls will go."""
         body = {"model": model, "start_time": start_time, "history_window_s": history_window_s}
-        return types.session_from_json(self._request("POST", "/v1/sessions", json=body,
-                                                     timeout=timeout))
+        return from_json(types.SessionInfo, self._request(
+            "POST", "/v1/sessions", json=body, timeout=timeout,
+            session_id=session_id or affinity.new_session_id()))
 
     def describe_session(self, session_id: str, *, timeout: float | None = None
                          ) -> types.SessionInfo:
-        return types.session_from_json(self._request("GET", f"/v1/sessions/{session_id}",
-                                                     timeout=timeout))
+        return from_json(types.SessionInfo, self._request(
+            "GET", f"/v1/sessions/{session_id}", timeout=timeout))
 
     def reset_session(self, session_id: str, start_time: float | None = None, *,
                       timeout: float | None = None) -> types.SessionInfo:
-        return types.session_from_json(self._request(
+        return from_json(types.SessionInfo, self._request(
             "POST", f"/v1/sessions/{session_id}/reset", json={"start_time": start_time},
             timeout=timeout))
 
@@ -117,27 +127,27 @@ class HttpEstimatorClient:
                      encoding: str | None = None, timeout: float | None = None) -> types.Ack:
         body = to_json(Message(session_id, sensor, timestamp, value, sequence, return_belief,
                                encoding))
-        return types.ack_from_json(self._request(
-            "POST", f"/v1/sessions/{session_id}/messages", json=body, timeout=timeout))
+        return types.Ack.of(from_json(wire.Ack, self._request(
+            "POST", f"/v1/sessions/{session_id}/messages", json=body, timeout=timeout)))
 
     def report_action(self, session_id: str, timestamp: float,
                       values: Sequence[float] | np.ndarray, *, timeout: float | None = None
                       ) -> types.Action:
         body = {"timestamp": float(timestamp),
                 "values": [float(v) for v in np.asarray(values, np.float32).reshape(-1)]}
-        return types.action_from_json(self._request(
+        return from_json(types.Action, self._request(
             "POST", f"/v1/sessions/{session_id}/actions", json=body, timeout=timeout))
 
     def get_action(self, session_id: str, timestamp: float, *, timeout: float | None = None
                    ) -> types.Action:
-        return types.action_from_json(self._request(
+        return from_json(types.Action, self._request(
             "POST", f"/v1/sessions/{session_id}/policy", json={"timestamp": float(timestamp)},
             timeout=timeout))
 
     def get_belief(self, session_id: str, timestamp: float | None = None, *,
                    timeout: float | None = None) -> types.Belief:
         params = {"t": repr(float(timestamp))} if timestamp is not None else None
-        return types.belief_from_json(self._request(
+        return from_json(types.Belief, self._request(
             "GET", f"/v1/sessions/{session_id}/belief", params=params, timeout=timeout))
 
     def health(self, *, timeout: float | None = None) -> bool:

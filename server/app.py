@@ -16,6 +16,7 @@ from pathlib import Path
 from server.models import Model, load_models
 from server.service import EstimatorService
 from server.settings import Settings
+from server.store import StoreError
 
 log = logging.getLogger("server")
 # The model shipped in the repository (models/), served when no --bundle is given.
@@ -68,7 +69,10 @@ async def serve(settings: Settings, models: dict[str, Model] | None = None,
         for name, m in models.items():
             log.info("model %s runs on %s", name, m.bundle.providers)
     service = EstimatorService(models, settings)
-    await service.start()
+    try:
+        await service.start()
+    except StoreError as e:  # issue 14: a configured store that does not answer
+        raise SystemExit(f"error: {e}") from None
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,10 +1,13 @@
-"""Dynamic batching of encoder runs across sessions (as inference servers do).
+"""Dynamic batching across sessions (as inference servers do): encoder runs, and the filter
+work of a model (``server.engine``).
 
-Messages of every session for one (model, sensor) queue here; a worker takes what is
-queued (up to ``max_batch``), optionally waiting ``window_s`` for more to arrive, and runs
-the encoder once on the stack in a worker thread (ONNX Runtime releases the GIL, so the
-event loop keeps receiving, and the next batch forms while this one runs). With
-``window_s = 0`` a lone message runs at once: batches form only under load.
+Work of every session queues in a ``Batcher``. When nothing runs, the queue is taken at
+once (up to ``max_batch``): ``prepare`` on the event loop, ``compute`` in a worker thread
+(ONNX Runtime releases the GIL, so the loop keeps receiving), ``finish`` back on the loop.
+What arrives meanwhile forms the next batch, so batches grow with the load by themselves
+and a lone request never waits. ``window_s`` > 0 also holds each batch that long for more
+work (unless ``max_batch`` items wait already); with ``adaptive`` only after a batch of
+several items, a sign of load, so that a single robot still runs at once.
 """
 
 from __future__ import annotations
@@ -12,91 +15,163 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
+from functools import partial
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from server.errors import ResourceExhausted, Unavailable
+from server.errors import ResourceExhausted, ServiceError, Unavailable
 
-EncodeFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+Item = TypeVar("Item")
+Work = TypeVar("Work")
+Out = TypeVar("Out")
 
 
-class EncodeBatcher:
-    def __init__(self, name: str, encode: EncodeFn, executor: Executor, max_batch: int = 64,
+class Batcher(Generic[Item, Work, Out]):
+    def __init__(self, name: str, executor: Executor,
+                 prepare: Callable[[list[Item]], Work], compute: Callable[[Work], Out],
+                 finish: Callable[[Work, Out], Sequence[Any]], max_batch: int = 64,
                  window_s: float = 0.0, max_queue: int = 1024,
-                 observe: Callable[[int, float], None] | None = None):
-        self.name, self._encode, self._executor = name, encode, executor
+                 observe: Callable[[int, float], None] | None = None, adaptive: bool = False):
+        if max_batch < 1 or max_queue < 1 or window_s < 0:
+            raise ValueError("batcher: max_batch and max_queue must be positive, the window "
+                             "not negative")
+        self.name, self._executor = name, executor
+        self._prepare, self._compute, self._finish = prepare, compute, finish
         self.max_batch, self.window_s, self.max_queue = max_batch, window_s, max_queue
-        self._observe = observe  # (batch size, seconds) after each run, for metrics
-        self._queue: deque[tuple[np.ndarray, asyncio.Future]] = deque()
-        self._wake: asyncio.Event | None = None
-        self._task: asyncio.Task | None = None
+        self.adaptive = adaptive
+        self._observe = observe  # (batch size, seconds of compute) after each batch
+        self._queue: deque[tuple[Item, asyncio.Future]] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._running: asyncio.Future | None = None  # the batch in the worker thread
+        self._timer: asyncio.TimerHandle | None = None
+        self._last_size = 0
+        self.failure_reason = "batch_failed"
         self.batches = 0
         self.items = 0
 
     def start(self) -> None:
-        self._wake = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=self.name)
+        self._loop = asyncio.get_running_loop()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        """Refuse new work, fail what is queued, let the running batch finish."""
+        loop, self._loop = self._loop, None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         while self._queue:
             _, fut = self._queue.popleft()
             if not fut.done():
                 fut.set_exception(Unavailable("the server is shutting down", "shutdown"))
+        if self._running is not None and loop is not None:
+            done = loop.create_future()
+            self._running.add_done_callback(lambda _: loop.call_soon(done.set_result, None))
+            await done
 
     @property
     def queued(self) -> int:
         return len(self._queue)
 
+    def submit(self, item: Item) -> asyncio.Future:
+        """Queue ``item``; the future gets its answer (or the exception ``finish`` gave)."""
+        if self._loop is None:
+            raise Unavailable(f"{self.name!r} is not running", "shutdown")
+        if len(self._queue) >= self.max_queue:
+            raise ResourceExhausted(f"queue {self.name!r} is full ({self.max_queue} waiting); "
+                                    "retry later", "queue_full")
+        fut = self._loop.create_future()
+        self._queue.append((item, fut))
+        self._kick()
+        return fut
+
+    async def run(self, item: Item) -> Any:
+        return await self.submit(item)
+
+    def _kick(self) -> None:
+        if self._running is not None or self._timer is not None or not self._queue:
+            return
+        loaded = self._last_size > 1 or not self.adaptive
+        if self.window_s > 0 and loaded and len(self._queue) < self.max_batch:
+            self._timer = self._loop.call_later(self.window_s, self._launch)
+        else:
+            self._launch()
+
+    def _launch(self) -> None:
+        self._timer = None
+        items = []
+        while self._queue and len(items) < self.max_batch:
+            item, fut = self._queue.popleft()
+            if not fut.done():  # skip callers that gave up (deadline, disconnect)
+                items.append((item, fut))
+        if not items:
+            return
+        try:
+            work = self._prepare([item for item, _ in items])
+        except Exception as e:  # a bug: fail this batch, not the server
+            self._fail(items, e)
+            self._kick()
+            return
+        start = time.perf_counter()
+        self._running = self._loop.run_in_executor(self._executor, self._compute, work)
+        self._running.add_done_callback(partial(self._done, items, work, start))
+
+    def _done(self, items, work, start: float, running: asyncio.Future) -> None:
+        self._running = None
+        seconds = time.perf_counter() - start
+        try:
+            answers = self._finish(work, running.result())
+        except Exception as e:
+            self._fail(items, e)
+        else:
+            for (_, fut), answer in zip(items, answers, strict=True):
+                if fut.done():
+                    continue  # the caller gave up (deadline, disconnect)
+                if isinstance(answer, BaseException):
+                    fut.set_exception(answer)
+                else:
+                    fut.set_result(answer)
+        self.batches += 1
+        self.items += len(items)
+        self._last_size = len(items)
+        if self._observe is not None:
+            self._observe(len(items), seconds)
+        if self._loop is not None:
+            self._kick()
+
+    def _fail(self, items, e: Exception) -> None:
+        error = e if isinstance(e, ServiceError) else Unavailable(
+            f"{self.name!r} failed: {type(e).__name__}: {e}", self.failure_reason)
+        for _, fut in items:
+            if not fut.done():
+                fut.set_exception(error)
+
+
+EncodeFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def _stack(items: list[np.ndarray]) -> np.ndarray:
+    return np.stack(items)
+
+
+def _split(_: np.ndarray, out: tuple[np.ndarray, np.ndarray]
+           ) -> list[tuple[np.ndarray, np.ndarray]]:
+    w, var = out
+    return [(w[i:i + 1], var[i:i + 1]) for i in range(w.shape[0])]
+
+
+class EncodeBatcher(Batcher[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]):
+    """One encoder's runs: observations of every session stacked, one run per batch; each
+    caller gets its ``([1, L], [1, L])``."""
+
+    def __init__(self, name: str, encode: EncodeFn, executor: Executor, max_batch: int = 64,
+                 window_s: float = 0.0, max_queue: int = 1024,
+                 observe: Callable[[int, float], None] | None = None, adaptive: bool = False):
+        super().__init__(name, executor, _stack, encode, _split, max_batch, window_s,
+                         max_queue, observe, adaptive)
+        self.failure_reason = "encoder_failed"
+
     async def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Encoder outputs ``([1, L], [1, L])`` for one observation ``x``."""
-        if self._task is None:
-            raise Unavailable("the encoder is not running", "shutdown")
-        if len(self._queue) >= self.max_queue:
-            raise ResourceExhausted(f"encoder queue {self.name!r} is full ({self.max_queue} "
-                                    "messages waiting); retry later", "queue_full")
-        fut = asyncio.get_running_loop().create_future()
-        self._queue.append((x, fut))
-        self._wake.set()
-        return await fut
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._queue:
-                if self.window_s > 0 and len(self._queue) < self.max_batch:
-                    await asyncio.sleep(self.window_s)
-                items = []
-                while self._queue and len(items) < self.max_batch:
-                    x, fut = self._queue.popleft()
-                    if not fut.done():  # skip callers that gave up (deadline, disconnect)
-                        items.append((x, fut))
-                if not items:
-                    continue
-                batch = np.stack([x for x, _ in items])
-                start = time.perf_counter()
-                try:
-                    w, var = await loop.run_in_executor(self._executor, self._encode, batch)
-                except Exception as e:  # an encoder failure fails this batch, not the server
-                    for _, fut in items:
-                        if not fut.done():
-                            fut.set_exception(Unavailable(f"encoder {self.name!r} failed: {e}",
-                                                          "encoder_failed"))
-                    continue
-                self.batches += 1
-                self.items += len(items)
-                if self._observe is not None:
-                    self._observe(len(items), time.perf_counter() - start)
-                for i, (_, fut) in enumerate(items):
-                    if not fut.done():
-                        fut.set_result((w[i:i + 1], var[i:i + 1]))
+        return await self.submit(x)

@@ -68,3 +68,9 @@ class ResourceExhausted(ServiceError):
 
 class Unavailable(ServiceError):
     grpc_code, http_status, default_reason = "UNAVAILABLE", 503, "unavailable"
+
+
+class AlreadyExists(ServiceError):
+    """A session id given by the client is taken (issue 14: ids chosen for routing)."""
+
+    grpc_code, http_status, default_reason = "ALREADY_EXISTS", 409, "already_exists"

@@ -14,68 +14,24 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from proto.pb_codec import to_pb
 from proto.vrkn.estimator.v1 import estimator_pb2 as pb
 from proto.vrkn.estimator.v1 import estimator_pb2_grpc as pb_grpc
+from proto.wire import Ack, Error, answer
 from server.auth import check_bearer
 from server.errors import ServiceError, Unauthenticated
 from server.grpc_guard import Malformed, add_estimator, server_options
-from server.models import Model
 from server.payloads import Payload
+from server.resources import model_infos
 from server.service import EstimatorService, SensorMessageIn
-from server.session import Ack, ActionView, BeliefView, SessionInfo
 
 log = logging.getLogger("server.grpc")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Estimator"].full_name
 OPEN_METHODS = ("/grpc.health.v1.Health/",)  # no token needed (load balancers, probes)
+SESSION_HEADER = "x-session-id"  # issue 14: session affinity (docs/service.md, fleet)
 
 
-# -- conversions -------------------------------------------------------------------------
-def model_pb(m: Model, default: bool) -> pb.ModelInfo:
-    man = m.manifest
-    return pb.ModelInfo(
-        name=m.name, is_default=default, control_period_s=man.control_period,
-        latent_size=man.latent_size, action_size=man.action_size,
-        action_low=man.action_low.tolist(), action_high=man.action_high.tolist(),
-        sensors=[pb.SensorSpec(name=s.name, kind=s.kind, shape=list(s.shape), dtype=str(s.dtype),
-                               decoded=s.kind == "vector" and m.bundle.has_decoder(s.name))
-                 for s in man.sensors],
-        code_version=man.code_version, manifest_sha256=m.digest,
-        state_names=list(m.state_names))
-
-
-def session_pb(i: SessionInfo) -> pb.Session:
-    return pb.Session(
-        session_id=i.id, model=i.model, control_period_s=i.control_period_s,
-        history_window_s=i.history_window_s, start_time=i.start_time,
-        newest_tick=i.newest_tick, newest_time=i.newest_time, accepted=i.accepted,
-        refused=i.refused, superseded=i.superseded, actions=i.actions,
-        replayed_ticks=i.replayed_ticks, idle_s=i.idle_s)
-
-
-def belief_pb(b: BeliefView) -> pb.Belief:
-    return pb.Belief(session_id=b.session_id, timestamp=b.timestamp, tick=b.tick,
-                     newest_tick=b.newest_tick, predicted=b.predicted, mean=b.mean.tolist(),
-                     var=b.var.tolist(), reward=b.reward,
-                     decoded={k: pb.FloatVector(values=v.mean.tolist()) for k, v in
-                              b.decoded.items()},
-                     decoded_var={k: pb.FloatVector(values=v.var.tolist()) for k, v in
-                                  b.decoded.items()},
-                     state=None if b.state is None else pb.StateEstimate(
-                         names=list(b.state_names), mean=b.state.mean.tolist(),
-                         var=b.state.var.tolist()))
-
-
-def action_pb(a: ActionView) -> pb.Action:
-    return pb.Action(session_id=a.session_id, timestamp=a.timestamp, tick=a.tick,
-                     values=a.values.tolist(), source=a.source, recorded=a.recorded)
-
-
-def ack_pb(ack: Ack, sequence: int, belief: BeliefView | None) -> pb.Ack:
-    return pb.Ack(sequence=sequence, session_id=ack.session_id, sensor=ack.sensor, tick=ack.tick,
-                  applied=ack.applied, newest_tick=ack.newest_tick,
-                  belief=belief_pb(belief) if belief is not None else None)
-
-
+# -- conversions (resources: proto.pb_codec; requests here) ------------------------
 def message_in(req: pb.SensorMessage) -> SensorMessageIn:
     kind = req.WhichOneof("payload")
     if kind == "encoded_image":
@@ -103,7 +59,8 @@ class EstimatorServicer(pb_grpc.EstimatorServicer):
     async def _call(self, op: str, context, fn, *args):
         with self.metrics.timed(op, "grpc"):
             try:
-                return fn(*args)
+                result = fn(*args)
+                return await result if asyncio.iscoroutine(result) else result
             except ServiceError as e:
                 await context.abort(_status(e), e.message)
             except Exception:  # a bug, not bad input: logged, and a clean status
@@ -113,22 +70,24 @@ class EstimatorServicer(pb_grpc.EstimatorServicer):
                                     f"internal error in {op} (logged by the server)")
 
     async def ListModels(self, request, context):
-        default = self.service.registry.default_model
-        return pb.ListModelsResponse(models=[model_pb(m, m.name == default)
-                                             for m in self.service.models.values()])
+        return pb.ListModelsResponse(models=[to_pb(m) for m in model_infos(
+            self.service.models, self.service.registry.default_model)])
 
     async def CreateSession(self, request, context):
-        return session_pb(await self._call(
+        # issue 14: the id the client chose, in the header the balancer routes on
+        sid = next((v for k, v in context.invocation_metadata() or () if k == SESSION_HEADER),
+                   None)
+        return to_pb(await self._call(
             "create", context, self.service.create_session, request.model or None,
             request.start_time if request.HasField("start_time") else None,
-            request.history_window_s if request.HasField("history_window_s") else None))
+            request.history_window_s if request.HasField("history_window_s") else None, sid))
 
     async def DescribeSession(self, request, context):
-        return session_pb(await self._call("describe", context, self.service.describe_session,
-                                           request.session_id))
+        return to_pb(await self._call("describe", context, self.service.describe_session,
+                                      request.session_id))
 
     async def ResetSession(self, request, context):
-        return session_pb(await self._call(
+        return to_pb(await self._call(
             "reset", context, self.service.reset_session, request.session_id,
             request.start_time if request.HasField("start_time") else None))
 
@@ -147,26 +106,26 @@ class EstimatorServicer(pb_grpc.EstimatorServicer):
                 self.metrics.refused.labels("internal").inc()
                 await context.abort(grpc.StatusCode.INTERNAL,
                                     "internal error in message (logged by the server)")
-            return ack_pb(ack, request.sequence, belief)
+            return to_pb(answer(ack, request.sequence, belief))
 
     async def _stream_ack(self, req: pb.SensorMessage | Malformed) -> pb.Ack:
         if isinstance(req, Malformed):  # nothing to echo: sequence, session unknown
             self.metrics.refused.labels("bad_request").inc()
-            return pb.Ack(error=pb.Error(code="INVALID_ARGUMENT", reason="bad_request",
-                                         message=req.message))
+            return to_pb(Ack("", "", 0.0, 0, False, 0, error=Error(
+                "INVALID_ARGUMENT", "bad_request", req.message)))
         with self.metrics.timed("stream_message", "grpc"):
             try:
                 ack, belief = await self.service.send_message(message_in(req), "grpc")
-                return ack_pb(ack, req.sequence, belief)
+                return to_pb(answer(ack, req.sequence, belief))
             except ServiceError as e:
-                error = pb.Error(code=e.grpc_code, reason=e.reason, message=e.message)
+                error = Error(e.grpc_code, e.reason, e.message)
             except Exception as e:  # a bug, not bad input: the stream goes on
                 log.exception("stream message failed")
                 self.metrics.refused.labels("internal").inc()
-                error = pb.Error(code="INTERNAL", reason="internal",
-                                 message=f"internal error (logged by the server): {e}"[:300])
-            return pb.Ack(sequence=req.sequence, session_id=req.session_id, sensor=req.sensor,
-                          error=error)
+                error = Error("INTERNAL", "internal",
+                              f"internal error (logged by the server): {e}"[:300])
+            return to_pb(Ack(req.session_id, req.sensor, req.timestamp, 0, False, 0,
+                             sequence=req.sequence, error=error))
 
     async def StreamMessages(self, request_iterator, context):
         """Messages that need an encoder batch run concurrently (up to ``stream_inflight``
@@ -211,18 +170,19 @@ class EstimatorServicer(pb_grpc.EstimatorServicer):
                 task.cancel()
 
     async def ReportAction(self, request, context):
-        return action_pb(await self._call("report_action", context, self.service.report_action,
-                                          request.session_id, request.timestamp,
-                                          list(request.values)))
+        return to_pb(await self._call("report_action", context, self.service.report_action,
+                                      request.session_id, request.timestamp,
+                                      list(request.values)))
 
     async def GetAction(self, request, context):
-        return action_pb(await self._call("get_action", context, self.service.policy_action,
-                                          request.session_id, request.timestamp))
+        return to_pb(await self._call("get_action", context, self.service.policy_action,
+                                      request.session_id, request.timestamp))
 
     async def GetBelief(self, request, context):
-        return belief_pb(await self._call(
+        belief = await self._call(
             "belief", context, self.service.belief, request.session_id,
-            request.timestamp if request.HasField("timestamp") else None))
+            request.timestamp if request.HasField("timestamp") else None)
+        return to_pb(belief.wire())
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):

@@ -1,5 +1,6 @@
 """The operations both transports offer, on the session registry: payload decoding,
-encoding (batched for images), back-pressure limits, metrics, idle expiry and the
+encoding and the filter work (batched across sessions, in worker threads: the event loop
+does I/O and bookkeeping only), back-pressure limits, metrics, idle expiry and the
 snapshot on shutdown / restore on start. Transport-neutral and async (one event loop)."""
 
 from __future__ import annotations
@@ -18,14 +19,23 @@ from pathlib import Path
 
 import numpy as np
 
-from server import snapshot
-from server.batcher import EncodeBatcher
+from server import engine, snapshot
+from server.batcher import Batcher, EncodeBatcher
 from server.errors import InvalidArgument, ResourceExhausted, ServiceError
 from server.metrics import Metrics
 from server.models import Model
 from server.payloads import Payload, PayloadLimits, decode_payload
-from server.session import Ack, ActionView, BeliefView, Limits, SessionInfo, SessionRegistry
+from server.session import (
+    Ack,
+    ActionView,
+    BeliefView,
+    Limits,
+    Session,
+    SessionInfo,
+    SessionRegistry,
+)
 from server.settings import Settings
+from server.store import SessionStore, StoreConfig  # issue 14: a fleet's shared store
 
 log = logging.getLogger("server")
 
@@ -50,7 +60,10 @@ class EstimatorService:
             clock=clock)
         self.metrics = Metrics(lambda: len(self.registry.sessions))
         self.payload_limits = PayloadLimits(s.max_message_bytes, s.max_image_pixels)
-        self.batchers: dict[tuple[str, str], EncodeBatcher] = {}
+        self.batchers: dict[tuple[str, str], EncodeBatcher] = {}  # (model, sensor)
+        self.engines: dict[str, Batcher] = {}  # model -> its batched filter work
+        self._settling: set[int] = set()  # ids of timelines with a settle job queued
+        self.registry.on_backlog = self._settle
         self.ready = False
         self.restore_report: snapshot.RestoreReport | None = None
         # Snapshots: numbered when captured (on the event loop), written one at a time in a
@@ -62,6 +75,7 @@ class EstimatorService:
         self._executor: ThreadPoolExecutor | None = None
         self._expiry: asyncio.Task | None = None
         self._periodic: asyncio.Task | None = None
+        self.store: SessionStore | None = None  # issue 14: set in start() with settings.store
 
     @property
     def models(self) -> dict[str, Model]:
@@ -70,19 +84,33 @@ class EstimatorService:
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="encoder")
+        self._executor = ThreadPoolExecutor(s.workers, thread_name_prefix="engine")
         for model in self.models.values():
             for info in model.manifest.sensors:
-                if info.kind != "image":
-                    continue  # vector encoders are tiny: they run inline
                 name = f"{model.name}/{info.name}"
-                b = EncodeBatcher(name, partial(model.encode, info.name), self._executor,
-                                  max_batch=s.batch_max, window_s=s.batch_window_ms / 1000,
-                                  max_queue=s.max_queue, observe=self.metrics.batch_observer(name))
+                image = info.kind == "image"
+                b = EncodeBatcher(
+                    name, partial(model.encode, info.name), self._executor,
+                    max_batch=s.batch_max if image else s.engine_batch_max,
+                    window_s=(s.batch_window_ms if image else s.engine_window_ms) / 1000,
+                    max_queue=s.max_queue, observe=self.metrics.batch_observer(name),
+                    adaptive=s.batch_window_adaptive)
                 b.start()
                 self.batchers[model.name, info.name] = b
+            name = f"{model.name}/filter"
+            f = Batcher(name, self._executor, engine.prepare, partial(engine.compute,
+                        model.engine), engine.finish, max_batch=s.engine_batch_max,
+                        window_s=s.engine_window_ms / 1000, max_queue=s.max_queue,
+                        observe=self.metrics.batch_observer(name),
+                        adaptive=s.batch_window_adaptive)
+            f.start()
+            self.engines[model.name] = f
         if s.snapshot_path is not None and Path(s.snapshot_path).is_file():
             self.restore(Path(s.snapshot_path))
+        if s.store is not None:  # issue 14: StoreError when Redis is not usable
+            self.store = SessionStore.connect(StoreConfig.from_settings(s), self.registry,
+                                              self.metrics.registry)
+            self.store.start()
         loop = asyncio.get_running_loop()
         self._expiry = loop.create_task(self._expire_loop())
         if s.snapshot_path is not None and s.snapshot_interval_s > 0:
@@ -97,10 +125,12 @@ class EstimatorService:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        for b in self.batchers.values():
+        for b in [*self.batchers.values(), *self.engines.values()]:
             await b.stop()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
+        if self.store is not None:  # issue 14: last write, leases released
+            await self.store.stop()
         if self.settings.snapshot_path is not None:
             n = await self.save_snapshot()
             if n is not None:
@@ -127,18 +157,19 @@ class EstimatorService:
         return report
 
     async def save_snapshot(self) -> int | None:
-        """Capture every session (here, on the event loop: consistent) and write them in a
-        thread; returns how many, or None when not written (blocked, failed or superseded
-        by a newer snapshot)."""
+        """Capture every session (here, on the event loop: consistent; a cheap copy of the
+        records), then encode and write them in a thread; returns how many, or None when
+        not written (blocked, failed or superseded by a newer snapshot)."""
         path = Path(self.settings.snapshot_path)
-        state, number = snapshot.capture(self.registry), next(self._snapshot_numbers)
+        state, number = snapshot.take(self.registry), next(self._snapshot_numbers)
         try:
-            written = await asyncio.to_thread(self._write_snapshot, state, number, path)
+            written = await asyncio.to_thread(
+                lambda: self._write_snapshot(snapshot.to_json(state), number, path))
         except OSError as e:
             self.metrics.snapshot_failures.inc()
             log.error("snapshot to %s failed: %s", path, e)
             return None
-        return len(state["sessions"]) if written else None
+        return len(state.sessions) if written else None
 
     def _write_snapshot(self, state: dict, number: int, path: Path) -> bool:
         with self._snapshot_lock:
@@ -177,15 +208,36 @@ class EstimatorService:
 
     # -- operations -----------------------------------------------------------------------
     def is_batched(self, session_id: str, sensor: str) -> bool:
-        """Whether this session's messages of ``sensor`` go through an encoder batch (so a
-        transport may process them concurrently). False for unknown ids."""
+        """Whether this session's messages of ``sensor`` take long enough in their encoder
+        (images) that a transport should process them concurrently; others keep their
+        order. False for unknown ids."""
         session = self.registry.sessions.get(session_id)
-        return session is not None and (session.model.name, sensor) in self.batchers
+        info = None if session is None else session.model.sensor(sensor)
+        return info is not None and info.kind == "image"
+
+    def _settle(self, session: Session) -> None:
+        """Queue a settle job for a timeline nobody queries (the registry's ``on_backlog``):
+        its records leaving the window are computed in the next batch, then dropped."""
+        tl = session.timeline
+        if id(tl) in self._settling:
+            return
+        try:
+            fut = self.engines[session.model.name].submit(engine.SettleJob(tl))
+        except ServiceError:  # full or stopping: the records stay until the next query
+            return
+        self._settling.add(id(tl))
+        fut.add_done_callback(lambda f: (self._settling.discard(id(tl)),
+                                         f.cancelled() or f.exception()))
+
+    async def _run(self, session: Session, job: engine.Job) -> engine.Answer:
+        return await self.engines[session.model.name].run(job)
 
     def create_session(self, model: str | None = None, start_time: float | None = None,
-                       history_window_s: float | None = None) -> SessionInfo:
+                       history_window_s: float | None = None,
+                       session_id: str | None = None) -> SessionInfo:
+        """``session_id``: chosen by the client (the balancer routed the call on it)."""
         with self.counting():
-            s = self.registry.create(model, start_time, history_window_s)
+            s = self.registry.create(model, start_time, history_window_s, session_id)
             return self.registry.describe(s.id)
 
     def describe_session(self, session_id: str) -> SessionInfo:
@@ -208,22 +260,23 @@ class EstimatorService:
                                                               msg.timestamp)
             generation = session.generation  # a reset while encoding refuses the message
             try:
-                x = decode_payload(info, msg.payload, self.payload_limits)
-                seq = session.next_seq()
-                batcher = self.batchers.get((session.model.name, info.name))
-                if batcher is None:
-                    w, var = session.model.encode(info.name, x[None])
-                else:
-                    if session.pending >= self.registry.limits.max_pending_per_session:
-                        raise ResourceExhausted(
-                            f"session {session.id!r} has {session.pending} messages waiting "
-                            "for the encoder (the per-session limit); retry later",
-                            "session_queue_full")
-                    session.pending += 1
-                    try:
-                        w, var = await batcher.encode(x)
-                    finally:
-                        session.pending -= 1
+                if session.pending >= self.registry.limits.max_pending_per_session:
+                    raise ResourceExhausted(
+                        f"session {session.id!r} has {session.pending} messages waiting "
+                        "for the encoder (the per-session limit); retry later",
+                        "session_queue_full")
+                session.pending += 1
+                try:
+                    if msg.payload.kind == "encoded":  # PNG / JPEG: decoded in a worker
+                        x = await asyncio.get_running_loop().run_in_executor(
+                            self._executor, decode_payload, info, msg.payload,
+                            self.payload_limits)
+                    else:
+                        x = decode_payload(info, msg.payload, self.payload_limits)
+                    seq = session.next_seq()
+                    w, var = await self.batchers[session.model.name, info.name].encode(x)
+                finally:
+                    session.pending -= 1
                 if not (np.isfinite(w).all() and np.isfinite(var).all()):
                     raise InvalidArgument(f"sensor {info.name!r}: the encoder's output is not "
                                           "finite (values far outside the training range?)",
@@ -234,7 +287,7 @@ class EstimatorService:
             ack = self.registry.record_observation(session, info.name, msg.timestamp, seq, w,
                                                    var, generation)
             self.metrics.messages.labels(info.name, transport).inc()
-            belief = self.registry.belief(session.id, msg.timestamp) if msg.return_belief \
+            belief = await self._belief(msg.session_id, msg.timestamp) if msg.return_belief \
                 else None
             return ack, belief
 
@@ -242,10 +295,19 @@ class EstimatorService:
         with self.counting():
             return self.registry.report_action(session_id, timestamp, values)
 
-    def policy_action(self, session_id: str, timestamp: float) -> ActionView:
+    async def policy_action(self, session_id: str, timestamp: float) -> ActionView:
+        """The policy's action, computed in the model's filter batch (off the loop)."""
         with self.counting():
-            return self.registry.policy_action(session_id, timestamp)
+            session, tick = self.registry.locate_query(session_id, timestamp)
+            policy = await self._run(session, engine.ActJob(session.timeline, tick))
+            return self.registry.record_policy(session, timestamp, policy)
 
-    def belief(self, session_id: str, timestamp: float | None = None) -> BeliefView:
+    async def belief(self, session_id: str, timestamp: float | None = None) -> BeliefView:
+        """The belief, computed in the model's filter batch (off the loop)."""
         with self.counting():
-            return self.registry.belief(session_id, timestamp)
+            return await self._belief(session_id, timestamp)
+
+    async def _belief(self, session_id: str, timestamp: float | None) -> BeliefView:
+        session, tick = self.registry.locate_query(session_id, timestamp)
+        est = await self._run(session, engine.BeliefJob(session.timeline, tick))
+        return self.registry.belief_view(session, timestamp, est)

@@ -1,24 +1,40 @@
 """Sessions: one robot stream each, with its timeline and filter. Pure logic, synchronous,
 no transport: the gRPC and HTTP layers call ``server.service.EstimatorService``, which calls
 this. Every refusal raises a ``server.errors`` type before anything changes.
+
+Queries come in two forms: ``belief`` / ``policy_action`` compute at once, one session at a
+time (``server.engine.run_inline``); the service instead checks with ``locate_query``,
+runs the ``server.engine`` job batched across sessions off the event loop, and answers
+with ``belief_view`` / ``record_policy``. The arithmetic is the same.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import secrets
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
-from server.errors import Aborted, InvalidArgument, NotFound, OutOfRange, ResourceExhausted, shown
+from proto.wire import Ack, ActionView, BeliefView, SessionInfo
+from server import engine
+from server.errors import (
+    Aborted,
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    ResourceExhausted,
+    shown,
+)
 from server.models import Model
 from server.runtime.manifest import SensorInfo
-from server.runtime.uncertainty import StateEstimate
-from server.timeline import ActionEntry, Observation, Timeline, time_problem
+from server.timeline import ActionEntry, Layout, Observation, Timeline, time_problem
 
 
 @dataclass(frozen=True)
@@ -53,57 +69,25 @@ class Session:
         return self.seq_next - 1
 
 
-@dataclass(frozen=True)
-class SessionInfo:
-    id: str
-    model: str
-    control_period_s: float
-    history_window_s: float
-    start_time: float | None
-    newest_tick: int
-    newest_time: float | None
-    accepted: dict[str, int]
-    refused: dict[str, int]
-    superseded: int
-    actions: int
-    replayed_ticks: int
-    idle_s: float
-    created: float
+# -- issue 14: client-chosen ids and the shared store (server/store.py) -------------------
+SESSION_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
-@dataclass(frozen=True)
-class Ack:
-    session_id: str
-    sensor: str
-    timestamp: float
-    tick: int
-    applied: bool  # False: the tick already holds a later message of this sensor
-    newest_tick: int
+def check_session_id(session_id: str) -> None:
+    """An id a client chose (so the balancer can route the create): 1-64 characters of
+    letters, digits, ``_ . -``."""
+    if SESSION_ID.fullmatch(session_id) is None:
+        raise InvalidArgument(f"session id {shown(session_id)}: 1 to 64 letters, digits, "
+                              "'_', '.' or '-'", "bad_session_id")
 
 
-@dataclass(frozen=True)
-class ActionView:
-    session_id: str
-    timestamp: float
-    tick: int
-    values: np.ndarray  # [A] float32 in the bundle's units (what the robot applies)
-    source: str  # "policy" or "reported"
-    recorded: bool  # False: the tick already holds a reported action, which stays
+class SharedSessions(Protocol):
+    """Sessions shared by a fleet of replicas (``server.store.SessionStore``)."""
 
-
-@dataclass(frozen=True)
-class BeliefView:
-    session_id: str
-    timestamp: float | None  # the time asked for (None: the newest tick)
-    tick: int
-    newest_tick: int
-    predicted: bool  # True: predicted beyond the newest tick (nothing observed there)
-    mean: np.ndarray  # [L]
-    var: np.ndarray  # [L]
-    decoded: dict[str, StateEstimate]  # vector sensors: mean and variance [P]
-    reward: float
-    state_names: tuple[str, ...] = ()
-    state: StateEstimate | None = None  # physical state [S]; None without a state head
+    def lookup(self, session_id: str, session: Session | None) -> Session | None: ...
+    def claim(self, session: Session) -> None: ...
+    def release(self, session_id: str) -> None: ...
+# -- end of issue 14 -----------------------------------------------------------------------
 
 
 def _check_start_time(start_time: float | None) -> None:
@@ -122,11 +106,15 @@ class SessionRegistry:
         self.limits = limits or Limits()
         self.clock = clock
         self.sessions: dict[str, Session] = {}
+        self.shared: SharedSessions | None = None  # issue 14: a fleet's shared store
+        # Called when a timeline's records leaving the window have no belief yet (nobody
+        # queried): by default computed here; the service queues a batched settle instead.
+        self.on_backlog: Callable[[Session], None] = self.settle
 
     # -- lifecycle ------------------------------------------------------------------------
     def _timeline(self, model: Model, window_s: float, start_time: float | None) -> Timeline:
         period = model.manifest.control_period
-        return Timeline(model.engine, period,
+        return Timeline(Layout.of(model.manifest), period,
                         window_ticks=max(1, math.ceil(window_s / period - 1e-9)),
                         max_gap_ticks=max(1, math.ceil(self.limits.max_gap_s / period - 1e-9)),
                         t0=start_time)
@@ -145,15 +133,23 @@ class SessionRegistry:
         if len(self.sessions) >= self.limits.max_sessions:
             raise ResourceExhausted(f"the server holds its limit of {self.limits.max_sessions} "
                                     "sessions; close one or retry later", "max_sessions")
+        if session_id is not None:  # issue 14: chosen by the client (routing)
+            check_session_id(session_id)
+            if session_id in self.sessions:
+                raise AlreadyExists(f"session id {shown(session_id)} is taken", "id_taken")
         sid = session_id or secrets.token_hex(8)
         m = self.models[name]
         session = Session(sid, m, float(window), self._timeline(m, window, start_time),
                           created=time.time(), last_active=self.clock())
+        if self.shared is not None:  # issue 14: the id must be free in the whole fleet
+            self.shared.claim(session)
         self.sessions[sid] = session
         return session
 
     def get(self, session_id: str) -> Session:
         session = self.sessions.get(session_id)
+        if self.shared is not None:  # issue 14: held here under a lease, or taken over
+            session = self.shared.lookup(session_id, session)
         if session is None:
             raise NotFound(f"unknown session {shown(session_id)} (closed, expired or never "
                            "created)", "unknown_session")
@@ -162,6 +158,8 @@ class SessionRegistry:
 
     def close(self, session_id: str) -> None:
         self.get(session_id)
+        if self.shared is not None:  # issue 14: gone from the fleet's store too
+            self.shared.release(session_id)
         del self.sessions[session_id]
 
     def reset(self, session_id: str, start_time: float | None = None) -> Session:
@@ -193,6 +191,14 @@ class SessionRegistry:
             tl.tick_start(tl.head) if tl.head >= 0 else None, dict(s.accepted),
             dict(s.refused), s.superseded, s.actions, tl.replayed_ticks,
             self.clock() - s.last_active, s.created)
+
+    def settle(self, session: Session) -> None:
+        """Compute the beliefs of the ticks leaving the window (so their records can go)."""
+        engine.run_inline(session.model.engine, [engine.SettleJob(session.timeline)])
+
+    def _recorded(self, session: Session) -> None:
+        if session.timeline.backlog >= session.timeline.window_ticks:
+            self.on_backlog(session)
 
     # -- messages -------------------------------------------------------------------------
     def prepare_observation(self, session_id: str, sensor: str, timestamp: float
@@ -231,6 +237,7 @@ class SessionRegistry:
             raise
         session.accepted[sensor] += 1
         session.superseded += not applied
+        self._recorded(session)
         return Ack(session.id, sensor, float(timestamp), tick, applied, session.timeline.head)
 
     # -- actions --------------------------------------------------------------------------
@@ -262,52 +269,68 @@ class SessionRegistry:
         session = self.get(session_id)
         try:
             a = self._action_values(session, values)
-            unit = np.clip(session.model.to_unit(a), -1.0, 1.0).astype(np.float32)
+            unit = np.clip(session.model.engine.to_unit(a), -1.0, 1.0).astype(np.float32)
             entry = ActionEntry(float(timestamp), session.next_seq(), unit, "reported")
             tick, recorded = session.timeline.record_action(entry)
         except Exception as e:
             session.refused[getattr(e, "reason", "error")] += 1
             raise
         session.actions += 1
+        self._recorded(session)
         return ActionView(session.id, float(timestamp), tick, a, "reported", recorded)
+
+    # -- queries --------------------------------------------------------------------------
+    def locate_query(self, session_id: str, timestamp: float | None) -> tuple[Session, int]:
+        """The session and the tick a query at ``timestamp`` asks about (None: the newest
+        tick; before anything was recorded, tick 0). Changes nothing but the counters."""
+        session = self.get(session_id)
+        tl = session.timeline
+        if timestamp is None:
+            return session, max(tl.head, 0)
+        try:
+            return session, tl.locate(timestamp)
+        except OutOfRange as e:
+            session.refused[e.reason] += 1
+            raise
+
+    def record_policy(self, session: Session, timestamp: float, policy: engine.Policy
+                      ) -> ActionView:
+        """Record the policy's action (``policy.unit``, computed on the belief at the tick of
+        ``timestamp``) as applied over its tick unless the controller reported one; the
+        answer is in the bundle's units."""
+        m = session.model
+        a = np.clip(m.engine.from_unit(policy.unit), m.manifest.action_low,
+                    m.manifest.action_high)
+        if self.sessions.get(session.id) is not session:
+            raise NotFound(f"session {shown(session.id)} was closed while its action was "
+                           "computed", "unknown_session")
+        tick, recorded = session.timeline.record_action(
+            ActionEntry(float(timestamp), session.next_seq(), policy.unit, "policy"))
+        session.actions += recorded
+        self._recorded(session)
+        return ActionView(session.id, float(timestamp), tick, a, "policy", recorded)
+
+    @staticmethod
+    def belief_view(session: Session, timestamp: float | None, est: engine.Estimate
+                    ) -> BeliefView:
+        m = session.model
+        return BeliefView(session.id, timestamp, est.tick, est.head, est.predicted,
+                          est.belief.mean[0], est.belief.var[0], est.decoded, est.reward,
+                          m.state_names, est.state)
 
     def policy_action(self, session_id: str, timestamp: float) -> ActionView:
         """The policy's action on the belief at ``timestamp`` (the actor's mode on the belief
         mean, in the bundle's units), recorded (in the unit range) as applied over its tick
         unless the controller reported one for that tick."""
-        session = self.get(session_id)
-        tl = session.timeline
-        try:
-            tick = tl.locate(timestamp)
-        except OutOfRange as e:
-            session.refused[e.reason] += 1
-            raise
-        belief, _ = tl.belief_at(tick)
-        m = session.model
-        unit = m.act(belief.mean)
-        a = np.clip(m.from_unit(unit), m.manifest.action_low, m.manifest.action_high)
-        tick, recorded = tl.record_action(
-            ActionEntry(float(timestamp), session.next_seq(), unit, "policy"))
-        session.actions += recorded
-        return ActionView(session.id, float(timestamp), tick, a, "policy", recorded)
+        session, tick = self.locate_query(session_id, timestamp)
+        (policy,) = engine.run_inline(session.model.engine,
+                                      [engine.ActJob(session.timeline, tick)])
+        return self.record_policy(session, timestamp, policy)
 
-    # -- beliefs --------------------------------------------------------------------------
     def belief(self, session_id: str, timestamp: float | None = None) -> BeliefView:
         """The belief at ``timestamp`` (its tick), or at the newest tick; predicted forward
         from the newest tick when later. Changes nothing but the lazy replay."""
-        session = self.get(session_id)
-        tl = session.timeline
-        if timestamp is None:
-            tick, belief = tl.newest_belief()
-            predicted = tl.head < 0
-        else:
-            try:
-                tick = tl.locate(timestamp)
-            except OutOfRange as e:
-                session.refused[e.reason] += 1
-                raise
-            belief, predicted = tl.belief_at(tick)
-        model = session.model
-        return BeliefView(session.id, timestamp, tick, tl.head, predicted, belief.mean[0],
-                          belief.var[0], model.decoded(belief), model.reward(belief.mean),
-                          model.state_names, model.state(belief))
+        session, tick = self.locate_query(session_id, timestamp)
+        (est,) = engine.run_inline(session.model.engine,
+                                   [engine.BeliefJob(session.timeline, tick)])
+        return self.belief_view(session, timestamp, est)

@@ -49,10 +49,19 @@ class Settings(BaseSettings):
     max_queue: int = Field(1024, ge=1, description="messages waiting per encoder")
     stream_inflight: int = Field(16, ge=1, description="messages of one gRPC stream being "
                                                        "processed at once")
-    # Dynamic batching of image encodes.
-    batch_max: int = Field(64, ge=1)
-    batch_window_ms: float = Field(0.0, ge=0, description="wait this long for a batch to "
-                                                          "fill (0: batches form under load)")
+    # Dynamic batching across sessions (docs/service.md, "Engine and batching").
+    batch_max: int = Field(64, ge=1, description="image messages per encoder run")
+    batch_window_ms: float = Field(0.0, ge=0, description="image encoders: wait this long "
+                                   "for a batch to fill (0: batches form under load)")
+    engine_batch_max: int = Field(256, ge=1, description="queries (beliefs, actions) per "
+                                  "filter batch, and vector messages per encoder run")
+    engine_window_ms: float = Field(0.0, ge=0, description="the filter and the vector "
+                                    "encoders: wait this long for a batch to fill (0: "
+                                    "batches form under load)")
+    batch_window_adaptive: bool = Field(False, description="wait for a window only after a "
+                                        "batch of several items (a lone robot never waits)")
+    workers: int = Field(2, ge=1, description="worker threads for ONNX Runtime and image "
+                                              "decoding (the event loop does I/O only)")
     # Slow, silent and dead connections.
     http_keepalive_s: float = Field(5.0, gt=0, description="HTTP: close a connection idle "
                                     "this long between requests (or before the first)")
@@ -73,6 +82,20 @@ class Settings(BaseSettings):
                                                          "shutdown and restored on start")
     snapshot_interval_s: float = Field(0.0, ge=0, description="also save the sessions this "
                                        "often (0: only on shutdown), so a crash loses less")
+    # -- issue 14: a fleet of replicas sharing sessions (server/store.py) --------------------
+    store: str | None = Field(None, description="shared session store of a fleet, "
+                              "redis://HOST:PORT/DB (unset: none, one box); unreachable at "
+                              "start: an error")
+    replica_id: str | None = Field(None, description="this replica's name in the store "
+                                   "(default: host-pid-random)")
+    store_interval_s: float = Field(1.0, gt=0, description="write changed sessions to the "
+                                    "store this often (a crash loses at most this)")
+    store_lease_s: float = Field(3.0, gt=0, description="a replica's lease on a session; "
+                                 "the longest a dead replica's sessions wait for takeover")
+    store_handoff_s: float = Field(3.0, gt=0, description="hand a session without calls "
+                                   "here for this long back to the store")
+    store_timeout_s: float = Field(0.5, gt=0, description="timeout of one store call")
+    # -- end of issue 14 ----------------------------------------------------------------------
     ready_file: Path | None = Field(None, description="written (JSON: ports, pid) once "
                                                       "serving")
     grace_s: float = Field(5.0, ge=0, description="shutdown grace for in-flight calls")
@@ -85,6 +108,10 @@ class Settings(BaseSettings):
                              "token (VRKN_TOKEN or --token)")
         if self.grpc_port == -1 and self.http_port == -1:
             raise ValueError("both servers are off (grpc_port and http_port are -1)")
+        if self.store is not None and self.store_lease_s <= 2 * self.store_interval_s:
+            raise ValueError(f"store_lease_s ({self.store_lease_s}) must be more than twice "
+                             f"store_interval_s ({self.store_interval_s}): leases are renewed "
+                             "by the write pass")  # issue 14
         return self
 
     @property

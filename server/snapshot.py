@@ -8,6 +8,11 @@ snapshot, so restoring is idempotent and a crash right after a restore restores 
 Every session is checked whole before any is added. A session is restored only onto the
 same bundle (manifest SHA-256) under the same model name; every session not restored is
 reported with a reason (``RestoreReport``). The idle time carries over.
+
+The timeline saves and restores itself (``Timeline.to_state`` / ``from_state``, which
+checks what it is given); this module only maps that state to JSON and back. Capturing
+(``take``) is a cheap copy on the thread that owns the sessions; encoding (``to_json``) and
+writing can then run in another thread.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import numpy as np
 
 from server.runtime.kalman import Belief
 from server.session import Session, SessionRegistry
-from server.timeline import ActionEntry, Observation, TickRecord, Timeline, time_problem
+from server.timeline import ActionEntry, Layout, Observation, TickRecord, Timeline, TimelineState
 
 # v2: actions (recorded and applied) in the unit range the transition network works in;
 # v1 held them in the bundle's units and is converted on restore (the same for [-1, 1]).
@@ -71,27 +76,73 @@ def _unrecord(d: dict[str, Any]) -> TickRecord:
         applied=None if d["applied"] is None else _unarr(d["applied"]))
 
 
-def session_state(s: Session, now: float) -> dict[str, Any]:
-    tl = s.timeline
+@dataclass(frozen=True)
+class SessionCopy:
+    """One session as captured: its fields and its timeline's state (``Timeline.to_state``)."""
+
+    id: str
+    model: str
+    model_sha256: str
+    window_s: float
+    created: float
+    idle_s: float
+    seq_next: int
+    accepted: dict[str, int]
+    refused: dict[str, int]
+    superseded: int
+    actions: int
+    timeline: TimelineState
+
+
+@dataclass(frozen=True)
+class Taken:
+    saved_at: float
+    sessions: tuple[SessionCopy, ...]
+
+
+def copy_session(s: Session, now: float) -> SessionCopy:
+    return SessionCopy(s.id, s.model.name, s.model.digest, s.window_s, s.created,
+                       now - s.last_active, s.seq_next, dict(s.accepted), dict(s.refused),
+                       s.superseded, s.actions, s.timeline.to_state())
+
+
+def session_json(c: SessionCopy) -> dict[str, Any]:
+    t = c.timeline
     return {
-        "id": s.id, "model": s.model.name, "model_sha256": s.model.digest,
-        "window_s": s.window_s, "created": s.created, "idle_s": now - s.last_active,
-        "seq_next": s.seq_next, "accepted": dict(s.accepted), "refused": dict(s.refused),
-        "superseded": s.superseded, "actions": s.actions,
+        "id": c.id, "model": c.model, "model_sha256": c.model_sha256,
+        "window_s": c.window_s, "created": c.created, "idle_s": c.idle_s,
+        "seq_next": c.seq_next, "accepted": c.accepted, "refused": c.refused,
+        "superseded": c.superseded, "actions": c.actions,
         "timeline": {
-            "t0": tl.t0, "period": tl.period, "window_ticks": tl.window_ticks,
-            "max_gap_ticks": tl.max_gap_ticks, "head": tl.head, "valid_upto": tl.valid_upto,
-            "computed_upto": tl.computed_upto, "replayed_ticks": tl.replayed_ticks,
-            "records": [_record(tl.records[k]) for k in sorted(tl.records)],
+            "t0": t.t0, "period": t.period, "window_ticks": t.window_ticks,
+            "max_gap_ticks": t.max_gap_ticks, "head": t.head, "valid_upto": t.valid_upto,
+            "computed_upto": t.computed_upto, "replayed_ticks": t.replayed_ticks,
+            "records": [_record(r) for r in t.records],
         },
     }
 
 
+def session_state(s: Session, now: float) -> dict[str, Any]:
+    """One session as JSON-ready data (the snapshot's per-session entry)."""
+    return session_json(copy_session(s, now))
+
+
+def take(registry: SessionRegistry) -> Taken:
+    """Every session, copied (call on the thread that owns the registry; cheap: the arrays
+    are shared, never modified)."""
+    now = registry.clock()
+    return Taken(time.time(), tuple(copy_session(s, now) for s in registry.sessions.values()))
+
+
+def to_json(taken: Taken) -> dict[str, Any]:
+    """``take``'s copy as the snapshot's JSON-ready data (any thread)."""
+    return {"format": FORMAT, "version": VERSION, "saved_at": taken.saved_at,
+            "sessions": [session_json(c) for c in taken.sessions]}
+
+
 def capture(registry: SessionRegistry) -> dict[str, Any]:
     """Every session's state as JSON-ready data (call on the thread that owns the registry)."""
-    now = registry.clock()
-    return {"format": FORMAT, "version": VERSION, "saved_at": time.time(),
-            "sessions": [session_state(s, now) for s in registry.sessions.values()]}
+    return to_json(take(registry))
 
 
 def write(data: dict[str, Any], path: Path) -> None:
@@ -140,48 +191,26 @@ def keep_copy(path: Path) -> Path:
     return copy
 
 
-def _check_shape(x: np.ndarray | None, shape: tuple[int, ...], what: str) -> None:
-    if x is not None and x.shape != shape:
-        raise ValueError(f"{what} has shape {list(x.shape)}, the model needs {list(shape)}")
-
-
-def _check_record(rec: TickRecord, latent: int, actions: int) -> None:
-    for name, o in rec.observations.items():
-        _check_shape(o.w, (1, latent), f"tick {rec.tick} {name} w")
-        _check_shape(o.var, (1, latent), f"tick {rec.tick} {name} var")
-    if rec.action is not None:
-        _check_shape(rec.action.value, (actions,), f"tick {rec.tick} action")
-    if rec.belief is not None:
-        _check_shape(rec.belief.mean, (1, latent), f"tick {rec.tick} belief mean")
-        _check_shape(rec.belief.var, (1, latent), f"tick {rec.tick} belief var")
-    _check_shape(rec.applied, (actions,), f"tick {rec.tick} applied action")
-
-
 def _v1_actions_to_unit(rec: TickRecord, model) -> None:
     if rec.action is not None:
-        rec.action.value = model.to_unit(rec.action.value)
+        rec.action.value = model.engine.to_unit(rec.action.value)
     if rec.applied is not None:
-        rec.applied = model.to_unit(rec.applied)
+        rec.applied = model.engine.to_unit(rec.applied)
 
 
 def _session(d: dict[str, Any], model, now: float, version: int = VERSION) -> Session:
     """One saved session, checked whole (ValueError, KeyError, TypeError... when corrupt)."""
     t = d["timeline"]
-    t0 = None if t["t0"] is None else float(t["t0"])
-    if t0 is not None and time_problem(t0) is not None:
-        raise ValueError(f"start time {t0}: {time_problem(t0)}")
-    tl = Timeline(model.engine, float(t["period"]), int(t["window_ticks"]),
-                  int(t["max_gap_ticks"]), t0)
-    tl.head, tl.valid_upto = int(t["head"]), int(t["valid_upto"])
-    tl.computed_upto, tl.replayed_ticks = int(t["computed_upto"]), int(t["replayed_ticks"])
-    tl.records = {r.tick: r for r in map(_unrecord, t["records"])}
+    records = tuple(map(_unrecord, t["records"]))
     m = model.manifest
-    for rec in tl.records.values():
-        _check_record(rec, m.latent_size, m.action_size)
-        if version == 1:
+    if version == 1:
+        for rec in records:
             _v1_actions_to_unit(rec, model)
-    if tl.head >= 0 and any(k not in tl.records for k in range(tl.oldest_accepted, tl.head + 1)):
-        raise ValueError("the records of the history window are incomplete")
+    state = TimelineState(
+        None if t["t0"] is None else float(t["t0"]), float(t["period"]),
+        int(t["window_ticks"]), int(t["max_gap_ticks"]), int(t["head"]), int(t["valid_upto"]),
+        int(t["computed_upto"]), int(t["replayed_ticks"]), records)
+    tl = Timeline.from_state(Layout.of(m), state)
     return Session(str(d["id"]), model, float(d["window_s"]), tl, created=float(d["created"]),
                    last_active=now - float(d["idle_s"]), seq_next=int(d["seq_next"]),
                    accepted=Counter({str(k): int(v) for k, v in d["accepted"].items()}),
@@ -225,3 +254,29 @@ def restore(registry: SessionRegistry, path: Path) -> RestoreReport:
             registry.sessions[session.id] = session
             report.restored += 1
     return report
+
+
+# -- one session on its own: the shared store's encoding (server/store.py, issue 14) -------
+def encode_session(s: Session, now: float) -> dict[str, Any]:
+    """One session as JSON-ready data, in the snapshot's per-session encoding (exact
+    float32); ``now`` is the registry's clock (the idle time carries over)."""
+    return encode_copy(copy_session(s, now))
+
+
+def encode_copy(c: SessionCopy) -> dict[str, Any]:
+    """``encode_session`` of a ``copy_session`` copy (taken on the loop; this, any thread)."""
+    return {"format": FORMAT, "version": VERSION, "session": session_json(c)}
+
+
+def decode_session(data: dict[str, Any], models: dict, now: float) -> Session:
+    """The session of ``encode_session``'s data, checked whole; ValueError when it is not
+    one, or was saved with another bundle than the one loaded under its model name."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT or \
+            data.get("version") not in READABLE:
+        raise ValueError(f"not a {FORMAT} session")
+    d = data["session"]
+    model = models.get(d["model"])
+    if model is None or model.digest != d["model_sha256"]:
+        raise ValueError(f"model {d['model']!r} is not loaded with the same bundle")
+    return _session(d, model, now, data["version"])
+# -- end of the shared store's encoding ------------------------------------------------------

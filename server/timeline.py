@@ -1,24 +1,28 @@
-"""One session's time axis: per-tick records over the history window, and the filter
-replayed over them. Pure logic (numpy + an ``Engine``); no transport, no clock.
+"""One session's time axis: per-tick records over the history window, and the replay
+plans of the filter over them. Pure logic and bookkeeping; it runs no network: it says
+what to compute (``plan``: a ``Chain`` for ``OnlineFilter.run_chains``) and takes the
+results back (``commit``), so the arithmetic can run batched across sessions in a worker
+thread while the records keep changing on the event loop. No transport, no clock.
 
 Tick ``k`` covers the half-open interval ``[t0 + k·P, t0 + (k+1)·P)`` of the session's own
 clock (P = the bundle's control period). Each retained tick keeps a record: the latest
 observation per sensor (encoder outputs cached, so replays never re-run encoders), the
 action applied over the tick, and the belief after the tick. Beliefs are computed lazily:
-an insert only marks the ticks from its own on as stale, and the next query (or a tick
-leaving the window) replays them, so several late messages cost one replay.
-See docs/service.md for the rules.
+an observation marks its own tick and the later ones stale, an action only the ticks after
+it (a tick's belief does not depend on the action applied over it), and the next query
+replays them, so several late messages cost one replay. See docs/service.md for the rules.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 import numpy as np
 
 from server.errors import OutOfRange
+from server.runtime.filter import Chain, Step, Update
 from server.runtime.kalman import Belief
 
 # A timestamp this many ticks (relative) below a tick boundary counts as on the boundary,
@@ -38,15 +42,17 @@ def time_problem(t: float) -> str | None:
     return None
 
 
-class Engine(Protocol):
-    """The filter arithmetic a timeline needs (``server.models.FilterEngine`` on a bundle)."""
+class Layout(NamedTuple):
+    """What a timeline needs to know of its model: the sensors in fusion order and sizes."""
 
-    sensor_order: tuple[str, ...]
-    default_action: np.ndarray  # [A] float32 unit range, held before any action is recorded
+    sensors: tuple[str, ...]
+    latent_size: int
+    action_size: int
 
-    def initial(self) -> Belief: ...
-    def predict(self, belief: Belief, action: np.ndarray) -> Belief: ...
-    def update(self, belief: Belief, w: np.ndarray, var: np.ndarray) -> Belief: ...
+    @classmethod
+    def of(cls, manifest) -> Layout:
+        return cls(tuple(s.name for s in manifest.sensors), manifest.latent_size,
+                   manifest.action_size)
 
 
 @dataclass
@@ -78,23 +84,97 @@ class TickRecord:
     action: ActionEntry | None = None  # recorded for this tick, if any
     belief: Belief | None = None  # posterior after this tick's observations
     applied: np.ndarray | None = None  # unit action applied over this tick: recorded or held
+    # The timeline's edit number when the observations / the applied action last changed:
+    # a plan made before it cannot commit this tick (runtime only, not saved).
+    obs_edit: int = 0
+    action_edit: int = 0
+
+
+@dataclass(frozen=True)
+class TimelineState:
+    """Everything a timeline is, for snapshots (``Timeline.to_state`` / ``from_state``)."""
+
+    t0: float | None
+    period: float
+    window_ticks: int
+    max_gap_ticks: int
+    head: int
+    valid_upto: int
+    computed_upto: int
+    replayed_ticks: int
+    records: tuple[TickRecord, ...]
+
+
+@dataclass(frozen=True)
+class Replay:
+    """A plan: ``chain`` runs the ticks ``start, start+1, ...``; its first ``stored`` steps
+    are ticks up to the newest (committed to the records), the rest predictions beyond it.
+    ``known`` holds the up-to-date beliefs of the asked ticks before ``start``."""
+
+    start: int
+    chain: Chain
+    stored: int
+    edits: int
+    head: int
+    known: dict[int, Belief]
+
+    def belief(self, tick: int, results: list[Belief]) -> Belief:
+        """The belief at ``tick`` from ``results`` (``run_chains`` of ``chain``)."""
+        return self.known[tick] if tick < self.start else results[tick - self.start]
 
 
 class Timeline:
-    def __init__(self, engine: Engine, period: float, window_ticks: int, max_gap_ticks: int,
+    def __init__(self, layout: Layout, period: float, window_ticks: int, max_gap_ticks: int,
                  t0: float | None = None):
         if window_ticks < 1 or max_gap_ticks < 1 or period <= 0:
             raise ValueError("timeline: period, window and gap must be positive")
-        self.engine = engine
+        self.layout = layout
+        self.default_action = np.zeros(layout.action_size, np.float32)  # unit 0
         self.period = float(period)
         self.window_ticks = int(window_ticks)
         self.max_gap_ticks = int(max_gap_ticks)
         self.t0 = t0
         self.head = -1  # the newest tick; -1 before anything was recorded
-        self.valid_upto = -1  # beliefs are up to date for ticks <= valid_upto
+        self.valid_upto = -1  # beliefs (and applied actions) are up to date for ticks <= this
         self.records: dict[int, TickRecord] = {}
-        self.computed_upto = -1  # the highest tick ever computed (to count replays)
-        self.replayed_ticks = 0  # ticks recomputed because of late inserts (a counter)
+        self.computed_upto = -1  # the highest tick ever committed (to count replays)
+        self.replayed_ticks = 0  # committed ticks that had been committed before (a counter)
+        self.edits = 0  # changes to observations and actions so far
+
+    # -- save / restore -------------------------------------------------------------------
+    def to_state(self) -> TimelineState:
+        """A consistent copy (records copied, arrays shared: they are never modified)."""
+        return TimelineState(
+            self.t0, self.period, self.window_ticks, self.max_gap_ticks, self.head,
+            self.valid_upto, self.computed_upto, self.replayed_ticks,
+            tuple(replace(self.records[k], observations=dict(self.records[k].observations))
+                  for k in sorted(self.records)))
+
+    @classmethod
+    def from_state(cls, layout: Layout, state: TimelineState) -> Timeline:
+        """A timeline from ``to_state``'s output, checked against ``layout`` (ValueError
+        naming what is wrong)."""
+        if state.t0 is not None and time_problem(state.t0) is not None:
+            raise ValueError(f"start time {state.t0}: {time_problem(state.t0)}")
+        tl = cls(layout, state.period, state.window_ticks, state.max_gap_ticks, state.t0)
+        tl.head, tl.valid_upto = int(state.head), int(state.valid_upto)
+        tl.computed_upto, tl.replayed_ticks = int(state.computed_upto), int(state.replayed_ticks)
+        tl.records = {r.tick: replace(r, obs_edit=0, action_edit=0) for r in state.records}
+        if len(tl.records) != len(state.records):
+            raise ValueError("two records of the same tick")
+        for rec in tl.records.values():
+            _check_record(rec, layout)
+        if tl.valid_upto > tl.head:
+            raise ValueError(f"beliefs up to tick {tl.valid_upto} beyond the newest tick "
+                             f"{tl.head}")
+        if tl.head >= 0:
+            lo = max(0, min(tl.valid_upto, tl.head - tl.window_ticks))
+            if any(k not in tl.records for k in range(lo, tl.head + 1)):
+                raise ValueError("the records of the history window are incomplete")
+            if any(tl.records[k].belief is None or tl.records[k].applied is None
+                   for k in range(lo, tl.valid_upto + 1)):
+                raise ValueError("a tick marked up to date has no belief")
+        return tl
 
     # -- time -----------------------------------------------------------------------------
     def tick_of(self, t: float) -> int:
@@ -143,86 +223,131 @@ class Timeline:
         if self.t0 is None:
             self.t0 = float(t)
         if tick > self.head:
-            self._advance(tick)
+            for k in range(self.head + 1, tick + 1):
+                self.records[k] = TickRecord(k)
+            self.head = tick
+            self._trim()
         return self.records[tick]
 
     def insert_observation(self, sensor: str, obs: Observation) -> tuple[int, bool]:
         """Record ``obs`` in its tick; returns (tick, applied). ``applied`` is False when the
         tick already holds a later message of this sensor (latest timestamp wins; equal
-        timestamps: the later arrival)."""
+        timestamps: the later arrival). Marks this tick and the later ones stale."""
+        if sensor not in self.layout.sensors:
+            raise ValueError(f"unknown sensor {sensor!r}")
         rec = self._claim(obs.timestamp)
         old = rec.observations.get(sensor)
         if old is not None and (obs.timestamp, obs.seq) < (old.timestamp, old.seq):
             return rec.tick, False
         rec.observations[sensor] = obs
+        self.edits += 1
+        rec.obs_edit = self.edits
         self.valid_upto = min(self.valid_upto, rec.tick - 1)
         return rec.tick, True
 
     def record_action(self, entry: ActionEntry) -> tuple[int, bool]:
         """Record the action applied over its tick; returns (tick, applied). A reported
-        action beats a policy action of the same tick, whatever the order."""
+        action beats a policy action of the same tick, whatever the order. Only the ticks
+        after it become stale (and none when the applied action does not change)."""
         rec = self._claim(entry.timestamp)
         if rec.action is not None and entry.rank() < rec.action.rank():
             return rec.tick, False
         rec.action = entry
-        self.valid_upto = min(self.valid_upto, rec.tick - 1)
+        if rec.tick > self.valid_upto or not np.array_equal(rec.applied, entry.value):
+            self.edits += 1
+            rec.action_edit = self.edits
+            if rec.tick <= self.valid_upto:  # its belief stands; what follows it does not
+                rec.applied = entry.value
+                self.valid_upto = rec.tick
         return rec.tick, True
 
-    def _advance(self, tick: int) -> None:
-        for k in range(self.head + 1, tick + 1):
-            self.records[k] = TickRecord(k)
-        self.head = tick
-        base = self.head - self.window_ticks  # kept (final) to replay the oldest tick from
-        if base > 0:
-            self.materialize(base)
-            for k in [k for k in self.records if k < base]:
+    def _trim(self) -> None:
+        """Drop the records no query or replay can need: before the newest tick's window
+        (keeping the tick before the oldest accepted one, to replay from) and before the
+        oldest up-to-date belief (replays start from there)."""
+        floor = min(self.head - self.window_ticks, self.valid_upto)
+        if floor > 0:
+            for k in [k for k in self.records if k < floor]:
                 del self.records[k]
 
-    # -- the filter ---------------------------------------------------------------------
-    def materialize(self, upto: int) -> None:
-        """Bring the beliefs of ticks <= ``upto`` up to date (prediction with the action
-        applied over the previous tick, then this tick's observations in sensor order)."""
-        engine = self.engine
+    @property
+    def backlog(self) -> int:
+        """Ticks leaving the window without an up-to-date belief (their records are kept
+        until one is computed): settle the timeline when this reaches the window."""
+        return max(0, self.head - self.window_ticks - self.valid_upto)
+
+    # -- the filter -------------------------------------------------------------------------
+    def _applied(self, tick: int) -> np.ndarray:
+        return self.default_action if tick < 0 else self.records[tick].applied
+
+    def plan(self, ticks: list[int]) -> Replay:
+        """What to compute to answer beliefs at ``ticks`` (each from ``locate``, or 0): the
+        stale ticks up to the newest of them (prediction with the action applied over the
+        previous tick, then the tick's observations in sensor order), then predictions
+        beyond the newest tick with the held action (not stored: the timeline does not
+        change but for the lazy replay)."""
+        upto = max(ticks)
         start = self.valid_upto + 1
-        for k in range(start, upto + 1):
+        prior = None if start == 0 else self.records[start - 1].belief
+        held = self._applied(start - 1)
+        order = {name: i for i, name in enumerate(self.layout.sensors)}
+        steps = []
+        for k in range(start, min(upto, self.head) + 1):
             rec = self.records[k]
-            if k == 0:
-                prior, held = engine.initial(), engine.default_action
-            else:
-                prev = self.records[k - 1]
-                prior, held = engine.predict(prev.belief, prev.applied), prev.applied
-            belief = prior
-            for name in engine.sensor_order:
-                obs = rec.observations.get(name)
-                if obs is not None:
-                    belief = engine.update(belief, obs.w, obs.var)
-            rec.belief = belief
-            rec.applied = rec.action.value if rec.action is not None else held
+            updates = tuple(Update(order[n], o.w, o.var) for n, o in
+                            sorted(rec.observations.items(), key=lambda item: order[item[0]]))
+            steps.append(Step(None if k == 0 else held, updates))
+            if rec.action is not None:
+                held = rec.action.value
+        stored = len(steps)
+        for k in range(max(start, self.head + 1), upto + 1):
+            steps.append(Step(None if k == 0 else held))
+        known = {k: self.records[k].belief for k in ticks if k < start}
+        return Replay(start, Chain(prior, tuple(steps)), stored, self.edits, self.head, known)
+
+    def commit(self, replay: Replay, results: list[Belief]) -> None:
+        """Store the computed beliefs of ``replay`` for the ticks whose inputs have not
+        changed since it was planned (the rest stay stale), count the recomputed ones."""
+        if len(results) != len(replay.chain.steps):
+            raise ValueError(f"commit: {len(results)} beliefs for "
+                             f"{len(replay.chain.steps)} steps")
+        if self.valid_upto != replay.start - 1:
+            return  # something before the chain changed meanwhile
+        applied = self._applied(replay.start - 1)
+        for i in range(replay.stored):
+            k = replay.start + i
+            rec = self.records.get(k)
+            if rec is None or rec.obs_edit > replay.edits or (
+                    k > 0 and self.records[k - 1].action_edit > replay.edits):
+                break
+            rec.belief = results[i]
+            if rec.action is not None:
+                applied = rec.action.value
+            rec.applied = applied
+            self.valid_upto = k
             if k <= self.computed_upto:
                 self.replayed_ticks += 1
-        if upto >= start:
-            self.valid_upto = upto
-            self.computed_upto = max(self.computed_upto, upto)
+        self.computed_upto = max(self.computed_upto, self.valid_upto)
+        self._trim()
 
-    def belief_at(self, tick: int) -> tuple[Belief, bool]:
-        """The belief at ``tick`` (from ``locate``) and whether it was predicted beyond the
-        newest tick. Predictions beyond the newest tick use the held action and are not
-        stored: the timeline does not change (apart from the lazy replay)."""
-        if self.head < 0:
-            belief, action, start = self.engine.initial(), self.engine.default_action, 0
-        elif tick <= self.head:
-            self.materialize(tick)
-            return self.records[tick].belief, False
-        else:
-            self.materialize(self.head)
-            rec = self.records[self.head]
-            belief, action, start = rec.belief, rec.applied, self.head
-        for _ in range(tick - start):
-            belief = self.engine.predict(belief, action)
-        return belief, tick > self.head
 
-    def newest_belief(self) -> tuple[int, Belief]:
-        if self.head < 0:
-            return 0, self.engine.initial()
-        self.materialize(self.head)
-        return self.head, self.records[self.head].belief
+def _check_shape(x: np.ndarray | None, shape: tuple[int, ...], what: str) -> None:
+    if x is not None and x.shape != shape:
+        raise ValueError(f"{what} has shape {list(x.shape)}, the model needs {list(shape)}")
+
+
+def _check_record(rec: TickRecord, layout: Layout) -> None:
+    latent, actions = layout.latent_size, layout.action_size
+    for name, o in rec.observations.items():
+        if name not in layout.sensors:
+            raise ValueError(f"tick {rec.tick}: unknown sensor {name!r}")
+        _check_shape(o.w, (1, latent), f"tick {rec.tick} {name} w")
+        _check_shape(o.var, (1, latent), f"tick {rec.tick} {name} var")
+    if rec.action is not None:
+        _check_shape(rec.action.value, (actions,), f"tick {rec.tick} action")
+        if rec.action.source not in ("reported", "policy"):
+            raise ValueError(f"tick {rec.tick}: action source {rec.action.source!r}")
+    if rec.belief is not None:
+        _check_shape(rec.belief.mean, (1, latent), f"tick {rec.tick} belief mean")
+        _check_shape(rec.belief.var, (1, latent), f"tick {rec.tick} belief var")
+    _check_shape(rec.applied, (actions,), f"tick {rec.tick} applied action")

@@ -1,7 +1,7 @@
 """The one conversion between the two action units.
 
 * **unit**: ``[-1, 1]`` per dimension, what the transition network was trained on and what
-  the actor outputs (tanh). ``OnlineFilter``, ``FilterEngine`` and the session timeline
+  the actor outputs (tanh). ``OnlineFilter`` (the one filter engine) and the session timeline
   work in these units.
 * **bundle units**: ``[low, high]`` of the manifest's ``action`` entry, what a robot
   applies and reports, and what the service returns as the policy's action.

@@ -50,7 +50,8 @@ def dockerfile_cmd(name: str) -> list[str]:
 
 def test_services_profiles_and_health(config):
     services = config["services"]
-    assert set(services) == {"estimator", "estimator-gpu", "trainer", "robot-sim"}
+    assert set(services) == {"estimator", "estimator-gpu", "trainer", "robot-sim", "redis",
+                             "estimator-1", "estimator-2", "balancer", "robot-sim-fleet"}
     assert "profiles" not in services["estimator"]  # CPU by default
     assert services["estimator-gpu"]["profiles"] == ["gpu"]
     assert services["trainer"]["profiles"] == ["train"]
@@ -152,3 +153,51 @@ def test_estimator_and_robot_sim_commands_run_here(config, cartpole_bundle, tmp_
         assert proc.wait(30) == 0
         log.close()
     assert (tmp_path / "sessions.json").exists()  # the snapshot path of the command
+
+
+# -- the fleet (profile scale, issue 14) ---------------------------------------------------
+FLEET = ("redis", "estimator-1", "estimator-2", "balancer", "robot-sim-fleet")
+
+
+def test_the_scale_profile_runs_replicas_a_balancer_and_redis(config, tmp_path):
+    from server.__main__ import parse_args
+    from server.deploy import balancer
+    from server.settings import Settings
+
+    services = config["services"]
+    assert all(services[n]["profiles"] == ["scale"] for n in FLEET)
+    replicas = ("estimator-1", "estimator-2")
+    for name in replicas:
+        cmd = services[name]["command"]
+        s = Settings(**parse_args(cmd[3:]), token=TOKEN)
+        assert s.store == "redis://redis:6379/0" and s.replica_id == name
+        assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
+        assert "ports" not in services[name]  # reached through the balancer only
+        assert "readyz" in " ".join(services[name]["healthcheck"]["test"])
+    lb = services["balancer"]
+    assert {n: d["condition"] for n, d in lb["depends_on"].items()} == \
+        dict.fromkeys(replicas, "service_healthy")
+    [mount] = lb["volumes"]
+    source, target = mount.split(":")[:2]
+    assert Path(source) == balancer.TEMPLATE and target.startswith("/etc/nginx/templates/")
+    env = lb["environment"]
+    for port, kind in (("50051", "GRPC"), ("8000", "HTTP")):
+        assert env[f"VRKN_{kind}_SERVERS"].split() == balancer.upstream_servers(
+            [f"{r}:{port}" for r in replicas]).split()
+    rendered = balancer.render(env)  # every placeholder has a value
+    assert all(p.startswith("127.0.0.1:") for p in lb["ports"])
+    sim = services["robot-sim-fleet"]["command"]
+    assert sim[sim.index("--server") + 1] == "balancer:50051"
+    if shutil.which("nginx") or Path("/usr/sbin/nginx").exists():  # the rendered file loads
+        local = rendered.replace("estimator-1:", "127.0.0.1:").replace("estimator-2:",
+                                                                        "127.0.0.2:")
+        local = local.replace("listen 50051", "listen 127.0.0.1:1").replace(
+            "listen 8000", "listen 127.0.0.1:2")
+        (tmp_path / "fleet.conf").write_text(local)
+        (tmp_path / "nginx.conf").write_text(balancer.local_main(tmp_path,
+                                                                 tmp_path / "fleet.conf"))
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        r = subprocess.run([nginx, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"),
+                            "-e", str(tmp_path / "error.log")], capture_output=True, text=True,
+                           timeout=30, check=False)
+        assert r.returncode == 0, r.stderr

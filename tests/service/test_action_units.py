@@ -109,7 +109,7 @@ def test_held_default_action_is_the_middle_of_the_bounds(bounded_models, bounded
     want = f.predict(f.step(None, None, reading(proprio(0))), np.zeros((1, 2), np.float32))
     np.testing.assert_allclose(got.mean, want.mean[0], atol=1e-6, rtol=0)
     # The middle of the bounds in bundle units is unit 0.
-    np.testing.assert_array_equal(bounded.to_unit(np.float32([0.0, 5.0])), [0.0, 0.0])
+    np.testing.assert_array_equal(bounded.engine.to_unit(np.float32([0.0, 5.0])), [0.0, 0.0])
 
 
 def test_policy_action_is_from_unit_of_the_mode(bounded_models, bounded):
@@ -140,7 +140,7 @@ def test_unit_bounds_policy_action_is_the_mode_exactly(models, model):
     observe(reg, sid, 0.01, proprio(3))
     act = reg.policy_action(sid, 0.02)
     mean = reg.belief(sid, 0.02).mean[None]
-    np.testing.assert_array_equal(act.values, model.act(mean))
+    np.testing.assert_array_equal(act.values, model.engine.act(mean)[0])
     reported = reg.report_action(sid, PERIOD + 0.02, [0.25, -0.75])
     rec = reg.sessions[sid].timeline.records[reported.tick]
     np.testing.assert_array_equal(rec.action.value, np.float32([0.25, -0.75]))
@@ -204,7 +204,7 @@ def test_in_process_backend_matches_the_service(bounded_models, bounded):
         served = reg.policy_action(sid, t + 0.02)
         np.testing.assert_allclose(a, served.values, atol=1e-5, rtol=0)
         assert np.all(a >= np.float32(LOW)) and np.all(a <= np.float32(HIGH))
-        np.testing.assert_allclose(backend.actions[k], bounded.to_unit(a), atol=1e-5)
+        np.testing.assert_allclose(backend.actions[k], bounded.engine.to_unit(a), atol=1e-5)
 
 
 def test_bundle_estimator_acts_and_predicts_in_unit(bounded_dir):
@@ -231,7 +231,6 @@ def test_manifest_says_mean_and_the_policy_acts_on_the_mean(bounded_dir, bounded
     f = OnlineFilter(bounded.bundle)
     belief = f.step(None, None, reading(proprio(5)))
     np.testing.assert_array_equal(f.features(belief), belief.mean)
-    np.testing.assert_array_equal(bounded.act(belief.mean), f.act(belief.mean)[0])
 
 
 def test_older_bundles_saying_sample_still_load_and_act_on_the_mean(bounded_dir, tmp_path):
@@ -279,3 +278,58 @@ def test_export_refuses_features_the_runtime_does_not_honour(tmp_path):
     with pytest.raises(ValueError, match="only supported value is 'mean'"):
         export_bundle(model, Actor(model.feature_dim, model.action_dim), info, tmp_path / "b")
     assert not (tmp_path / "b").exists()
+
+
+def test_batched_service_converts_actions_at_the_one_boundary(bounded_models, bounded):
+    """Several sessions of a [-2, 2] x [0, 10] bundle through the service at once (policy
+    actions batched in one actor call): the answers are in bundle units and equal the
+    registry's one at a time; the timelines hold the unit actions."""
+    import asyncio
+
+    from server.payloads import Payload
+    from server.service import EstimatorService, SensorMessageIn
+    from server.settings import Settings
+
+    def inputs(j: int, k: int):
+        return proprio(100 * j + k), [float(np.float32(-1.5 + 0.2 * j)), float(k)]
+
+    reg = SessionRegistry(bounded_models, Limits())
+    want = []
+    for j in range(5):
+        sid = reg.create(start_time=0.0).id
+        for k in range(4):
+            p, reported = inputs(j, k)
+            observe(reg, sid, k * PERIOD + 0.01, p)
+            want.append(reg.policy_action(sid, k * PERIOD + 0.02).values)
+            reg.report_action(sid, k * PERIOD + 0.03, reported)
+
+    async def robot(service, j: int):
+        sid = service.create_session(start_time=0.0).id
+        got = []
+        for k in range(4):
+            p, reported = inputs(j, k)
+            await service.send_message(SensorMessageIn(sid, "proprio", k * PERIOD + 0.01,
+                                                       Payload("values", values=p.tolist())),
+                                       "test")
+            got.append((await service.policy_action(sid, k * PERIOD + 0.02)).values)
+            service.report_action(sid, k * PERIOD + 0.03, reported)
+        return sid, got
+
+    async def main():
+        service = EstimatorService(bounded_models, Settings())
+        await service.start()
+        try:
+            out = await asyncio.gather(*(robot(service, j) for j in range(5)))
+            tl = service.registry.sessions[out[0][0]].timeline
+            return [v for _, got in out for v in got], tl, service.engines["bounded"]
+        finally:
+            await service.stop()
+
+    got, tl, filt = asyncio.run(main())
+    assert filt.items > filt.batches  # some actions were computed together
+    np.testing.assert_allclose(np.array(got), np.array(want), atol=1e-6, rtol=0)
+    for a in got:
+        assert np.all(a >= np.float32(LOW)) and np.all(a <= np.float32(HIGH))
+    # The reported [-1.5, 3.0] (bundle units) is held as unit [-0.75, -0.4].
+    np.testing.assert_allclose(tl.records[3].action.value, to_unit(np.float32([-1.5, 3.0]),
+                                                                   LOW, HIGH), atol=1e-7)

@@ -120,8 +120,8 @@ def test_images_are_batched_across_sessions_and_equal_unbatched(models, model):
             for sid, m in zip(sids, msgs, strict=True):
                 img = np.frombuffer(m.payload.data, np.uint8).reshape(1, 64, 64, 3)
                 w, var = model.encode("image", img)
-                expected = model.engine.update(model.engine.initial(), w, var)
-                np.testing.assert_allclose(service.belief(sid).mean, expected.mean[0],
+                expected = model.engine.update(model.engine.initial(1), w, var)
+                np.testing.assert_allclose((await service.belief(sid)).mean, expected.mean[0],
                                            atol=1e-5)
         finally:
             await service.stop()

@@ -205,7 +205,8 @@ def test_policy_action_recorded_unless_reported(models, model):
     act = reg.policy_action(sid, 0.03)
     assert act.source == "policy" and act.recorded and act.tick == 0
     assert np.all(np.abs(act.values) <= 1)
-    np.testing.assert_allclose(act.values, model.act(reg.belief(sid, 0.03).mean[None]))
+    mean = reg.belief(sid, 0.03).mean[None]
+    np.testing.assert_allclose(act.values, model.engine.act(mean)[0])
     tl = reg.sessions[sid].timeline
     np.testing.assert_array_equal(tl.records[0].action.value, act.values)
     # The controller's own action replaces the policy's, and a later policy action for the
@@ -316,7 +317,7 @@ def test_a_reset_while_an_image_is_encoded_drops_the_frame(models, model):
             assert info.newest_tick == -1, "the old frame landed on the new time axis"
             assert info.refused == {"reset_during_encode": 1}
             assert info.accepted == {"proprio": 10}
-            np.testing.assert_array_equal(service.belief(sid).mean,
+            np.testing.assert_array_equal((await service.belief(sid)).mean,
                                           model.manifest.initial_mean)
             assert b'vrkn_refused_total{reason="reset_during_encode"} 1.0' in \
                 service.metrics.render()

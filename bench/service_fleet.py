@@ -1,0 +1,322 @@
+"""Benchmark: a fleet on one box, in real time. 64 robots (``--sessions``), each on its own
+gRPC stream, offer a proprio message every control period (50 Hz, with ``return_belief``)
+and a camera frame (PNG) every 4th period (12.5 Hz), for ``--seconds`` (default 60):
+
+- p50/p99 of proprio -> belief and of image -> ack; dropped answers (errors, or none by the
+  end) and late ones (after the sensor's next message was due: 20 ms for proprio, 80 ms
+  for images); how far the senders fell behind their schedule (the client's own limit);
+- saturation: proprio messages/s with every stream pipelined (32 unanswered), against the
+  server and against a bare gRPC stream (a trivial echo servicer of the same proto over
+  the same transport), measured in the same run: the physical reference;
+- the CPU use of the client processes (``--clients``, several, so the client is not the
+  bottleneck) and of the server, and the load average before and after.
+
+Writes bench/results/service_fleet.{json,md}. 127.0.0.1 only.
+
+    python bench/service_fleet.py [--seconds 60] [--sessions 64] [--clients 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import service
+from results_io import machine_meta, write_results
+
+from proto.vrkn.estimator.v1 import estimator_pb2 as pb
+from proto.vrkn.estimator.v1 import estimator_pb2_grpc as pb_grpc
+
+IMAGE_EVERY = 4  # camera frames: every 4th control period (12.5 Hz at 50 Hz)
+
+
+# -- the bare reference: an echo servicer over the same proto and transport ---------------
+class Echo(pb_grpc.EstimatorServicer):
+    async def CreateSession(self, request, context):
+        return pb.Session(session_id=os.urandom(8).hex())
+
+    async def CloseSession(self, request, context):
+        return pb.CloseSessionResponse()
+
+    async def StreamMessages(self, request_iterator, context):
+        async for req in request_iterator:
+            yield pb.Ack(sequence=req.sequence, session_id=req.session_id, sensor=req.sensor)
+
+
+def echo_server(port_file: str) -> None:
+    import grpc
+
+    async def main():
+        server = grpc.aio.server()
+        pb_grpc.add_EstimatorServicer_to_server(Echo(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        Path(port_file).write_text(str(port))
+        await server.wait_for_termination()
+
+    asyncio.run(main())
+
+
+def start_echo(workdir: Path) -> tuple[subprocess.Popen, str]:
+    port_file = workdir / "echo.port"
+    proc = subprocess.Popen([sys.executable, __file__, "--echo-server", str(port_file)])
+    deadline = time.monotonic() + 60
+    while not port_file.exists() or not port_file.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("the echo server did not start")
+        time.sleep(0.05)
+    return proc, f"127.0.0.1:{port_file.read_text()}"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# -- one client process ---------------------------------------------------------------------
+@dataclass
+class Part:
+    """What one client process measured."""
+
+    proprio_ms: list[float] = field(default_factory=list)
+    image_ms: list[float] = field(default_factory=list)
+    sent: int = 0
+    answered: int = 0
+    errors: int = 0
+    late: int = 0
+    send_lag_ms: list[float] = field(default_factory=list)
+    saturation: int = 0
+    cpu_s: float = 0.0
+    wall_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Job:
+    target: str
+    sessions: int
+    seed: int
+    start_at: float  # time.time() at which every client starts
+    seconds: float
+    mode: str  # "fleet" or "saturation"
+    period: float
+    proprio: int
+    window: int = 32
+
+
+async def fleet_stream(stub, sid: str, job: Job, j: int, images: list[bytes], part: Part,
+                       t0: float) -> None:
+    import grpc
+
+    rng = np.random.default_rng(job.seed * 1000 + j)
+    call = stub.StreamMessages()
+    sent: dict[int, tuple[float, str]] = {}
+    phase = rng.uniform(0, job.period)  # robots are not in step with each other
+    ticks = int(job.seconds / job.period)
+
+    async def reader():
+        while (ack := await call.read()) is not grpc.aio.EOF:
+            t_sent, kind = sent.pop(ack.sequence)
+            ms = (time.perf_counter() - t_sent) * 1e3
+            part.answered += 1
+            if ack.HasField("error"):
+                part.errors += 1
+                continue
+            (part.proprio_ms if kind == "proprio" else part.image_ms).append(ms)
+            part.late += ms > job.period * 1e3 * (1 if kind == "proprio" else IMAGE_EVERY)
+
+    task = asyncio.create_task(reader())
+    seq = 0
+    for k in range(ticks):
+        due = t0 + phase + k * job.period
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        part.send_lag_ms.append(max(0.0, time.perf_counter() - due) * 1e3)
+        msgs = []
+        if k % IMAGE_EVERY == 0:
+            msgs.append(("image", pb.SensorMessage(
+                session_id=sid, sensor="image", timestamp=k * job.period + 0.001, sequence=seq,
+                encoded_image=images[k % len(images)])))
+            seq += 1
+        msgs.append(("proprio", pb.SensorMessage(
+            session_id=sid, sensor="proprio", timestamp=k * job.period + 0.002, sequence=seq,
+            vector=pb.FloatVector(values=rng.standard_normal(job.proprio).tolist()),
+            return_belief=True)))
+        seq += 1
+        for kind, m in msgs:
+            sent[m.sequence] = (time.perf_counter(), kind)
+            await call.write(m)
+            part.sent += 1
+    await call.done_writing()
+    try:
+        await asyncio.wait_for(task, 5.0)  # what has not come by then is dropped
+    except TimeoutError:
+        call.cancel()
+
+
+async def saturation_stream(stub, sid: str, job: Job, part: Part, stop_at: float) -> None:
+    import grpc
+
+    rng = np.random.default_rng(job.seed)
+    call = stub.StreamMessages()
+    credit = asyncio.Semaphore(job.window)
+    msgs = [pb.SensorMessage(session_id=sid, sensor="proprio", sequence=i, vector=pb.FloatVector(
+        values=rng.standard_normal(job.proprio).tolist())) for i in range(64)]
+
+    async def reader():
+        while (ack := await call.read()) is not grpc.aio.EOF:
+            part.errors += ack.HasField("error")
+            if time.perf_counter() < stop_at:
+                part.saturation += 1
+            credit.release()
+
+    task = asyncio.create_task(reader())
+    i = 0
+    while time.perf_counter() < stop_at:
+        await credit.acquire()
+        m = msgs[i % len(msgs)]
+        m.timestamp = i * job.period  # a new tick per message: the head advances
+        await call.write(m)
+        i += 1
+    await call.done_writing()
+    await task
+
+
+async def client_main(job: Job) -> Part:
+    import grpc
+
+    part = Part()
+    images = [service.png(np.random.default_rng(job.seed * 100 + i)) for i in range(8)]
+    async with grpc.aio.insecure_channel(job.target) as ch:
+        stub = pb_grpc.EstimatorStub(ch)
+        sids = [(await stub.CreateSession(pb.CreateSessionRequest(start_time=0.0))).session_id
+                for _ in range(job.sessions)]
+        await asyncio.sleep(max(0.0, job.start_at - time.time()))
+        cpu, wall = time.process_time(), time.perf_counter()
+        if job.mode == "fleet":
+            await asyncio.gather(*(fleet_stream(stub, sid, job, j, images, part, wall)
+                                   for j, sid in enumerate(sids)))
+        else:
+            stop_at = wall + job.seconds
+            await asyncio.gather(*(saturation_stream(stub, sid, job, part, stop_at)
+                                   for sid in sids))
+        part.cpu_s, part.wall_s = time.process_time() - cpu, time.perf_counter() - wall
+        for sid in sids:
+            await stub.CloseSession(pb.SessionRef(session_id=sid))
+    return part
+
+
+def run_client(job: Job) -> dict:
+    return asdict(asyncio.run(client_main(job)))
+
+
+def run_clients(pool, target: str, sessions: int, clients: int, mode: str, seconds: float,
+                period: float, proprio: int) -> tuple[Part, list[dict]]:
+    start_at = time.time() + 3.0  # every client has created its sessions by then
+    per = [sessions // clients + (i < sessions % clients) for i in range(clients)]
+    jobs = [Job(target, n, i, start_at, seconds, mode, period, proprio)
+            for i, n in enumerate(per) if n]
+    parts = pool.map(run_client, jobs)
+    total = Part()
+    for p in parts:
+        for k, v in p.items():
+            if isinstance(v, list):
+                getattr(total, k).extend(v)
+            elif k not in ("cpu_s", "wall_s"):
+                setattr(total, k, getattr(total, k) + v)
+    return total, [{"cpu_s": round(p["cpu_s"], 2), "wall_s": round(p["wall_s"], 2),
+                    "cpu_pct": round(100 * p["cpu_s"] / max(p["wall_s"], 1e-9), 1)}
+                   for p in parts]
+
+
+def pct(x: list[float], q: float) -> float | None:
+    return round(float(np.percentile(x, q)), 3) if x else None
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--bundle", type=Path, help="default: export an untrained default-size VRKN")
+    p.add_argument("--seconds", type=float, default=60.0, help="fleet run length")
+    p.add_argument("--sat-seconds", type=float, default=5.0, help="each saturation run")
+    p.add_argument("--sessions", type=int, default=64)
+    p.add_argument("--clients", type=int, default=4, help="client processes")
+    p.add_argument("--server-arg", action="append", default=[],
+                   help="extra server flag, e.g. --server-arg=--engine-window-ms=1")
+    p.add_argument("--echo-server", metavar="PORT_FILE", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.echo_server:
+        return echo_server(args.echo_server)
+    if args.bundle is not None:
+        service.use_bundle_sizes(args.bundle)
+    load_before = os.getloadavg()
+    ctx = mp.get_context("spawn")
+    with tempfile.TemporaryDirectory() as tmp, ctx.Pool(args.clients) as pool:
+        tmp = Path(tmp)
+        bundle = args.bundle or service.export_default_bundle(tmp / "bundle")
+        proc, info = service.start_server(bundle, tmp, *args.server_arg)
+        echo, echo_target = start_echo(tmp)
+        target = f"127.0.0.1:{info['grpc_port']}"
+        common = dict(period=service.PERIOD, proprio=service.P)
+        try:
+            cpu0 = cpu_seconds(proc.pid)
+            fleet, fleet_cpu = run_clients(pool, target, args.sessions, args.clients, "fleet",
+                                           args.seconds, **common)
+            server_cpu = (cpu_seconds(proc.pid) - cpu0) / (args.seconds + 3.0)
+            sat, sat_cpu = run_clients(pool, target, args.sessions, args.clients,
+                                       "saturation", args.sat_seconds, **common)
+            bare, bare_cpu = run_clients(pool, echo_target, args.sessions, args.clients,
+                                         "saturation", args.sat_seconds, **common)
+        finally:
+            for pr in (proc, echo):
+                pr.terminate()
+                pr.wait(30)
+    served, reference = sat.saturation / args.sat_seconds, bare.saturation / args.sat_seconds
+    dropped = fleet.sent - fleet.answered + fleet.errors
+    rows = [
+        {"case": "proprio -> belief (50 Hz each)", "p50_ms": pct(fleet.proprio_ms, 50),
+         "p99_ms": pct(fleet.proprio_ms, 99), "answers": len(fleet.proprio_ms)},
+        {"case": "image (PNG) -> ack (12.5 Hz each)", "p50_ms": pct(fleet.image_ms, 50),
+         "p99_ms": pct(fleet.image_ms, 99), "answers": len(fleet.image_ms)},
+        {"case": "saturation, proprio (pipelined)", "msgs_per_s": round(served)},
+        {"case": "saturation, bare gRPC echo stream", "msgs_per_s": round(reference)},
+    ]
+    summary = {
+        "sessions": args.sessions, "seconds": args.seconds, "sent": fleet.sent,
+        "dropped": dropped, "late": fleet.late, "errors": fleet.errors,
+        "send_lag_p99_ms": pct(fleet.send_lag_ms, 99),
+        "saturation_vs_bare": round(served / max(reference, 1e-9), 3),
+        "server_cpu_pct_fleet": round(100 * server_cpu, 1),
+        "client_cpu": {"fleet": fleet_cpu, "saturation": sat_cpu, "bare": bare_cpu},
+    }
+    for r in rows:
+        print(r, flush=True)
+    print(summary, flush=True)
+    meta = machine_meta(load_before, **summary, server_args=args.server_arg,
+                        clients=args.clients,
+                        bundle="default-size untrained VRKN fusion (L=230, proprio 6, image "
+                        "64x64)" if args.bundle is None else str(args.bundle))
+    header = ["case", "p50 ms", "p99 ms", "answers", "msgs/s"]
+    lines = [[r["case"], r.get("p50_ms") or "", r.get("p99_ms") or "", r.get("answers") or "",
+              r.get("msgs_per_s") or ""] for r in rows]
+    write_results("service_fleet", f"A fleet of {args.sessions} robots in real time for "
+                  f"{args.seconds:g} s over loopback (bench/service_fleet.py): dropped "
+                  f"{dropped}, late {fleet.late}; saturation {served / max(reference, 1e-9):.0%}"
+                  " of the bare gRPC stream", header, lines, rows, meta)
+
+
+if __name__ == "__main__":
+    main()

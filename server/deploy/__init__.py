@@ -1,0 +1,2 @@
+"""Running a fleet of replicas: the balancer's configuration (``nginx.conf.template``,
+rendered by ``balancer``) and a fleet on loopback (``python -m server.deploy.local``)."""
