@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -37,7 +39,45 @@ def preprocess_image(image: Tensor, generator: torch.Generator | None = None,
     return x.movedim(-1, -3)
 
 
-def mlp(in_dim: int, hidden: int, layers: int, out_dim: int | None, act: str) -> nn.Sequential:
+def to_float32(out: Any) -> Any:
+    """A tensor, or a (named) tuple of tensors, in float32."""
+    if isinstance(out, Tensor):
+        return out.float()
+    values = [to_float32(x) for x in out]
+    return type(out)(*values) if hasattr(out, "_fields") else type(out)(values)
+
+
+class Bf16Autocast:
+    """A network that may run under bf16 autocast: a training speed setting (``set_bf16``),
+    off by default; export and the runtime keep float32. Inside the network the matmuls and
+    convolutions run in bf16; its outputs return as float32, so the Kalman arithmetic, the
+    bounded activations and the losses downstream stay float32."""
+
+    bf16: bool = False
+
+    def autocast_call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if not self.bf16:
+            return fn(*args)
+        device = next(a for a in args if isinstance(a, Tensor)).device.type
+        with torch.autocast(device, dtype=torch.bfloat16):
+            return to_float32(fn(*args))
+
+
+def set_bf16(module: nn.Module, on: bool = True) -> None:
+    """bf16 autocast for every :class:`Bf16Autocast` network inside ``module``."""
+    for m in module.modules():
+        if isinstance(m, Bf16Autocast):
+            m.bf16 = on
+
+
+class MLP(Bf16Autocast, nn.Sequential):
+    """``nn.Sequential`` of Linear + activation blocks (same parameters and state dict)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.autocast_call(super().forward, x)
+
+
+def mlp(in_dim: int, hidden: int, layers: int, out_dim: int | None, act: str) -> MLP:
     """``layers`` hidden Linear+activation blocks, then an optional linear output."""
     mods: list[nn.Module] = []
     dim = in_dim
@@ -46,7 +86,7 @@ def mlp(in_dim: int, hidden: int, layers: int, out_dim: int | None, act: str) ->
         dim = hidden
     if out_dim is not None:
         mods.append(nn.Linear(dim, out_dim))
-    return nn.Sequential(*mods)
+    return MLP(*mods)
 
 
 @dataclass(frozen=True)
@@ -57,23 +97,19 @@ class ConvConfig:
     act: str = "relu"
 
 
-class ConvSpeed:
+class ConvSpeed(Bf16Autocast):
     """Speed settings of a conv network (not part of the model; training sets them with
     ``set_conv_speed``, export and the runtime keep the float32 defaults).
 
     ``bf16``: run the convolutions under CPU/CUDA bf16 autocast and return float32 (the
     Kalman arithmetic downstream stays float32). ``channels_last``: NHWC memory layout."""
 
-    bf16: bool = False
     channels_last: bool = False
 
     def _run(self, net: nn.Module, x: Tensor) -> Tensor:
         if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        if self.bf16:
-            with torch.autocast(x.device.type, dtype=torch.bfloat16):
-                return net(x).float()
-        return net(x)
+        return self.autocast_call(net, x)
 
 
 def set_conv_speed(module: nn.Module, bf16: bool = False, channels_last: bool = False) -> None:
@@ -128,7 +164,7 @@ class ImageDecoder(ConvSpeed, nn.Module):
 OBS_VAR_OFFSET = math.log(math.expm1(0.99))
 
 
-class LatentObservationHead(nn.Module):
+class LatentObservationHead(Bf16Autocast, nn.Module):
     """w = linear(x) (no activation) and var = softplus(linear(x) + c) + 0.01
     (docs/design.md §3.1)."""
 
@@ -137,8 +173,12 @@ class LatentObservationHead(nn.Module):
         self.mean = nn.Linear(in_dim, latent)
         self.var = nn.Linear(in_dim, latent)
 
+    def _linear(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.mean(x), self.var(x)
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self.mean(x), F.softplus(self.var(x) + OBS_VAR_OFFSET) + 0.01
+        mean, var = self.autocast_call(self._linear, x)
+        return mean, F.softplus(var + OBS_VAR_OFFSET) + 0.01
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from estimator.batch import SensorBatch, SensorSpec, SequenceBatch
 from estimator.gaussian import Belief
 from estimator.kalman import kl_divergence, sample
-from estimator.networks import ConvConfig, MLPConfig, activation
+from estimator.networks import Bf16Autocast, ConvConfig, MLPConfig, activation
 from estimator.sensors import PreparedSensor, SensorStack, scatter_rows
 from estimator.world_model import (
     Imagination,
@@ -61,7 +61,7 @@ class RSSMState(NamedTuple):
     deter: Tensor  # [..., H]
 
 
-class RSSM(WorldModel):
+class RSSM(Bf16Autocast, WorldModel):
     def __init__(self, specs: tuple[SensorSpec, ...], action_dim: int,
                  config: RSSMConfig = RSSMConfig()):
         super().__init__(specs, action_dim, config.stoch + config.deter, config.reward)
@@ -82,25 +82,34 @@ class RSSM(WorldModel):
 
     # ------------------------------------------------------------------ pieces
 
-    def _stats(self, layer: nn.Linear, x: Tensor) -> tuple[Tensor, Tensor]:
-        mean, std = layer(x).chunk(2, -1)
+    def _stats(self, raw: Tensor) -> tuple[Tensor, Tensor]:
+        mean, std = raw.chunk(2, -1)
         return mean, F.softplus(std) + self.config.min_std
+
+    def _prior_net(self, stoch: Tensor, action: Tensor, deter: Tensor,
+                   generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        p, on = self.config.dropout, self.dropout_active
+        x = mc_dropout(self.act(self.img_in(torch.cat([stoch, action], -1))), p, on, generator)
+        deter = mc_dropout(self.cell(x, deter), p, on, generator)
+        x = mc_dropout(self.act(self.img_out(deter)), p, on, generator)
+        return deter, self.img_stats(x)
+
+    def _posterior_net(self, x: Tensor) -> Tensor:
+        return self.obs_stats(self.act(self.obs_hidden(x)))
 
     def prior_step(self, state: RSSMState, action: Tensor, generator: torch.Generator | None
                    ) -> RSSMState:
-        """p(s_t | s_{t-1}, a_{t-1}) through the deterministic path (dropout: MCD-RSSM)."""
-        p, on = self.config.dropout, self.dropout_active
-        x = mc_dropout(self.act(self.img_in(torch.cat([state.stoch, action], -1))), p, on,
-                       generator)
-        deter = mc_dropout(self.cell(x, state.deter), p, on, generator)
-        x = mc_dropout(self.act(self.img_out(deter)), p, on, generator)
-        mean, std = self._stats(self.img_stats, x)
+        """p(s_t | s_{t-1}, a_{t-1}) through the deterministic path (dropout: MCD-RSSM);
+        under bf16 autocast the networks' outputs return as float32."""
+        deter, raw = self.autocast_call(self._prior_net, state.stoch, action, state.deter,
+                                        generator)
+        mean, std = self._stats(raw)
         return RSSMState(mean, std, sample(Belief(mean, std.square()), generator), deter)
 
     def posterior_step(self, prior: RSSMState, context: Tensor,
                        generator: torch.Generator | None) -> RSSMState:
-        x = self.act(self.obs_hidden(torch.cat([prior.deter, context], -1)))
-        mean, std = self._stats(self.obs_stats, x)
+        raw = self.autocast_call(self._posterior_net, torch.cat([prior.deter, context], -1))
+        mean, std = self._stats(raw)
         return RSSMState(mean, std, sample(Belief(mean, std.square()), generator), prior.deter)
 
     def embed(self, prepared: tuple[PreparedSensor, ...], batch: int, steps: int) -> Tensor:

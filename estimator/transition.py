@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from estimator.gaussian import LinearTransition
-from estimator.networks import activation
+from estimator.networks import Bf16Autocast, activation
 from estimator.world_model import mc_dropout
 
 A_SCALE, A_MIN, A_SHIFT = 0.89, 0.1, math.log(0.8 / 0.09)
@@ -30,7 +30,7 @@ def bounded_q(x: Tensor) -> Tensor:
     return Q_SCALE * torch.sigmoid(x + Q_SHIFT) + Q_MIN
 
 
-class TransitionNet(nn.Module):
+class TransitionNet(Bf16Autocast, nn.Module):
     """phi(mu+, a) with MC dropout (a fresh mask per call and per batch element)."""
 
     def __init__(self, latent: int, action_dim: int, hidden: int = 300, act: str = "relu",
@@ -47,10 +47,15 @@ class TransitionNet(nn.Module):
 
     def forward(self, mean: Tensor, action: Tensor, dropout: bool = True,
                 generator: torch.Generator | None = None) -> LinearTransition:
-        """mean [N, L] (posterior mean mu+_t), action [N, A] -> LinearTransition [N, L]."""
+        """mean [N, L] (posterior mean mu+_t), action [N, A] -> LinearTransition [N, L]
+        (the bounded activations in float32 under bf16 autocast)."""
+        a, b, q = self.autocast_call(self._net, mean, action, dropout, generator).chunk(3, -1)
+        return LinearTransition(bounded_a(a), b, bounded_q(q))
+
+    def _net(self, mean: Tensor, action: Tensor, dropout: bool,
+             generator: torch.Generator | None) -> Tensor:
         x = mc_dropout(self.act(self.inp(torch.cat([mean, action], -1))), self.p, dropout,
                        generator)
         x = mc_dropout(self.gru(x, mean), self.p, dropout, generator)
         x = mc_dropout(self.act(self.mid(x)), self.p, dropout, generator)
-        a, b, q = self.out(x).chunk(3, -1)
-        return LinearTransition(bounded_a(a), b, bounded_q(q))
+        return self.out(x)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -60,15 +60,30 @@ def clipped_step(name: str, optimiser: torch.optim.Optimizer, params: list[nn.Pa
     return float(norm)
 
 
+GradSync = Callable[[Sequence[nn.Parameter]], None]
+
+
 class Agent(nn.Module):
     """Base class: a world model plus whatever acts on its states, and optionally a state
-    head (``attach_state_head``) with its own optimiser."""
+    head (``attach_state_head``) with its own optimiser.
+
+    ``grad_sync`` (set by a distributed run: ``training.distributed``) averages the
+    gradients of a parameter list over the ranks; every optimiser step goes through
+    :meth:`step`, which calls it after the backward pass and before the clip."""
 
     model: WorldModel
 
     def __init__(self) -> None:
         super().__init__()
         self.state_head: StateHead | None = None
+        self.grad_sync: GradSync | None = None
+
+    def step(self, name: str, optimiser: torch.optim.Optimizer, params: list[nn.Parameter],
+             clip: float) -> float:
+        """:func:`clipped_step` on the gradients averaged over the ranks (when distributed)."""
+        if self.grad_sync is not None:
+            self.grad_sync(params)
+        return clipped_step(name, optimiser, params, clip)
 
     def update(self, batch: SequenceBatch, generator: torch.Generator,
                state: Tensor | None = None) -> dict[str, float]:
@@ -104,7 +119,7 @@ class Agent(nn.Module):
         self.state_opt.zero_grad(set_to_none=True)
         loss.backward()
         assert self.state_head is not None
-        clipped_step("state-head", self.state_opt, list(self.state_head.parameters()), 100.0)
+        self.step("state-head", self.state_opt, list(self.state_head.parameters()), 100.0)
         return metrics
 
     def joint_state_loss(self, batch: SequenceBatch, generator: torch.Generator,
@@ -126,6 +141,10 @@ class Agent(nn.Module):
 
     def act(self, state: State, explore: bool, generator: torch.Generator) -> Tensor:
         raise NotImplementedError
+
+    def actor_critic(self) -> tuple[nn.Module, ...]:
+        """The behaviour networks besides the world model (none for a planner)."""
+        return ()
 
     def optimisers(self) -> dict[str, torch.optim.Optimizer]:
         raise NotImplementedError

@@ -123,3 +123,19 @@ def check_values(config: Any, model: Any, task: Any) -> None:
     check_model_values(model)
     check_task_inputs(task)
     check_device(config.device)
+    check_compile_backend(config.perf)
+    if not config.dist.timeout > 0:
+        raise ConfigError(f"dist.timeout must be > 0 seconds, got {config.dist.timeout}")
+
+
+def check_compile_backend(perf: Any) -> None:
+    """``perf.compile_backend`` when a ``perf.compile_*`` option is on: a backend torch
+    knows (debug backends such as aot_eager included)."""
+    if not (perf.compile_conv or perf.compile_model or perf.compile_actor_critic):
+        return
+    import torch._dynamo
+
+    backends = torch._dynamo.list_backends(exclude_tags=())
+    if perf.compile_backend not in backends:
+        raise ConfigError(f"perf.compile_backend: unknown backend {perf.compile_backend!r}; "
+                          f"choose one of {', '.join(backends)}")

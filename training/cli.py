@@ -31,7 +31,7 @@ from training.config import (
 )
 from training.presets import describe, resolve
 
-EXIT_CONFIG, EXIT_NONFINITE = 2, 3
+EXIT_CONFIG, EXIT_NONFINITE, EXIT_PEER = 2, 3, 4
 
 
 def build_parser(agent: str) -> argparse.ArgumentParser:
@@ -216,10 +216,27 @@ def resume_advice(config: RunConfig, run_dir: Path, error: str) -> str:
             f"{to_flat(config)[key] / 2:g}")
 
 
+def check_distributed(config: RunConfig, args: argparse.Namespace, world: int) -> None:
+    """A torchrun launch needs one run directory named on every rank and a global batch
+    that divides among the ranks."""
+    from training.distributed import rank_config
+
+    if world == 1:
+        return
+    if args.logdir is None and args.resume is None:
+        raise ConfigError(f"a distributed run ({world} ranks) needs --logdir DIR or --resume "
+                          "RUN_DIR: every rank must name the same run directory")
+    rank_config(config, world)
+
+
 def main(argv: Sequence[str] | None, agent: str) -> int:
+    from training.distributed import DistributedError, topology_from_env
+
     try:
-        config, run_dir, _ = resolve_run(argv, agent)
-    except ConfigError as error:
+        config, run_dir, args = resolve_run(argv, agent)
+        topology = topology_from_env()
+        check_distributed(config, args, topology.world)
+    except (ConfigError, DistributedError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_CONFIG
     if run_dir is None:
@@ -228,17 +245,30 @@ def main(argv: Sequence[str] | None, agent: str) -> int:
         print(json.dumps(to_json(config), indent=2))
         return 0
     from training.agent import NonFiniteError
-    from training.loop import train
+    from training.distributed import PeerLostError, process_group
+    from training.loop import pick_device, train
 
-    print(f"run directory: {run_dir}", file=sys.stderr)
+    if topology.is_main:
+        print(f"run directory: {run_dir}", file=sys.stderr)
     try:
-        last = train(config, run_dir)
+        with process_group(topology, pick_device(config.device), config.dist.timeout) as dist:
+            last = train(config, run_dir, dist=dist)
     except NonFiniteError as error:
         advice = resume_advice(config, run_dir, str(error))
         print(f"error: training stopped, {error}. Nothing was applied from this update; the "
               f"last good checkpoint is {run_dir / 'checkpoint.pt'} ({advice}).",
               file=sys.stderr)
         return EXIT_NONFINITE
+    except DistributedError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    except PeerLostError as error:
+        print(f"error: training stopped: {error}. The last checkpoint is "
+              f"{run_dir / 'checkpoint.pt'}; continue with torchrun --nproc_per_node="
+              f"{topology.world} -m training.{agent} --resume {run_dir}", file=sys.stderr)
+        return EXIT_PEER
+    if not topology.is_main:
+        return 0
     summary = {k: round(v, 4) for k, v in last.items()
                if k in ("eval/return", "train/return", "wm/loss", "fps", "updates_per_s")}
     print(f"done: {run_dir} {json.dumps(summary)}", file=sys.stderr)

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from estimator.state_head import StateHeadConfig
+from training.distributed import DistConfig
+from training.perf import PerfConfig
 
 AGENTS = ("dreamer", "planet")
 
@@ -112,15 +114,6 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
-class PerfConfig:
-    malloc: bool = opt(True, "raise glibc's malloc trim/mmap thresholds (training.perf)")
-    bf16: bool = opt(False, "bf16 autocast for the conv encoder and decoder (the Kalman "
-                     "arithmetic stays float32)")
-    channels_last: bool = opt(False, "channels-last memory layout for the conv networks")
-    compile_conv: bool = opt(False, "torch.compile the conv encoder and decoder")
-
-
-@dataclass(frozen=True)
 class RunConfig:
     agent: str = opt("dreamer", f"agent: one of {', '.join(AGENTS)}")
     task: str = opt("cartpole_swingup", "task name (training.envs), e.g. "
@@ -143,9 +136,10 @@ class RunConfig:
     log: LogConfig = field(default_factory=LogConfig)
     state: StateHeadConfig = field(default_factory=StateHeadConfig)
     perf: PerfConfig = field(default_factory=PerfConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
 
 
-SECTIONS = ("env", "replay", "dreamer", "planet", "loop", "log", "state", "perf")
+SECTIONS = ("env", "replay", "dreamer", "planet", "loop", "log", "state", "perf", "dist")
 
 # Keys a resumed run may change: how long to run, where, what to log, the replay ratio
 # (updates per collected episode: the replay buffer and optimisers do not depend on it) and
@@ -153,7 +147,7 @@ SECTIONS = ("env", "replay", "dreamer", "planet", "loop", "log", "state", "perf"
 # are kept).
 RESUMABLE = ("device", "threads", "loop.steps", "loop.minutes", "loop.eval_every",
              "loop.train_steps",
-             "loop.eval_episodes", "loop.checkpoint_every", "log.", "perf.",
+             "loop.eval_episodes", "loop.checkpoint_every", "log.", "perf.", "dist.",
              "dreamer.model_lr", "dreamer.actor_lr", "dreamer.value_lr", "planet.model_lr")
 
 

@@ -10,12 +10,12 @@ take no gradient); a critic step that regresses the detached returns.
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from estimator.batch import SequenceBatch
 from estimator.world_model import State, WorldModel, flatten_states
 from training.actor_critic import Actor, Critic, discount_weights, lambda_returns
-from training.agent import Agent, check_finite, clipped_step, frozen
+from training.agent import Agent, check_finite, frozen
 from training.config import DreamerConfig
 
 
@@ -34,6 +34,9 @@ class DreamerAgent(Agent):
 
     def optimisers(self) -> dict[str, torch.optim.Optimizer]:
         return {"model": self.model_opt, "actor": self.actor_opt, "value": self.value_opt}
+
+    def actor_critic(self) -> tuple[nn.Module, ...]:
+        return self.actor, self.critic
 
     # ------------------------------------------------------------------ training
 
@@ -65,10 +68,10 @@ class DreamerAgent(Agent):
             loss = loss + aux
         self.model_opt.zero_grad(set_to_none=True)
         loss.backward()
-        norm = clipped_step("world-model", self.model_opt, list(model.parameters()), c.grad_clip)
+        norm = self.step("world-model", self.model_opt, list(model.parameters()), c.grad_clip)
         if aux is not None:
             assert self.state_head is not None
-            clipped_step("state-head", self.state_opt, list(self.state_head.parameters()),
+            self.step("state-head", self.state_opt, list(self.state_head.parameters()),
                          c.grad_clip)
         out = {f"wm/{k}": v for k, v in wm.items()}
         out["wm/grad_norm"] = norm
@@ -98,14 +101,14 @@ class DreamerAgent(Agent):
         check_finite("actor loss", actor_loss)
         self.actor_opt.zero_grad(set_to_none=True)
         actor_loss.backward(inputs=actor_params)
-        actor_norm = clipped_step("actor", self.actor_opt, actor_params, c.grad_clip)
+        actor_norm = self.step("actor", self.actor_opt, actor_params, c.grad_clip)
 
         value = self.critic(features[:-1].detach())
         value_loss = (weights * 0.5 * (value - returns.detach()).square()).mean()
         check_finite("value loss", value_loss)
         self.value_opt.zero_grad(set_to_none=True)
         value_loss.backward()
-        value_norm = clipped_step("value", self.value_opt, list(self.critic.parameters()),
+        value_norm = self.step("value", self.value_opt, list(self.critic.parameters()),
                                   c.grad_clip)
         with torch.no_grad():
             _, std = self.actor.distribution(features[:-1])

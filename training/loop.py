@@ -10,6 +10,11 @@ metric rows written after the checkpoint are dropped and redone (``training.logg
 
 The environments and the world model come from factories (``training.driver.make_envs``,
 :func:`default_model_factory`), so tests can substitute either.
+
+Under torchrun (``training.distributed``) every rank runs this loop on its own episodes
+(seed + rank, its own replay under ``rank_dir``) with batch / world size, the gradients
+averaged over the ranks; the step counts are summed over the ranks, and rank 0 alone
+evaluates and writes the config, metrics, videos and checkpoint.
 """
 
 from __future__ import annotations
@@ -26,11 +31,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from estimator.batch import SensorSpec
-from estimator.models import make_world_model
 from estimator.state_head import StateHead, fit_scaling
-from estimator.world_model import WorldModel
-from training.agent import Agent, AgentPolicy, RandomPolicy
+from training.agent import AgentPolicy, RandomPolicy
 from training.checkpoint import (
     CHECKPOINT,
     generator_states,
@@ -38,51 +40,25 @@ from training.checkpoint import (
     restore_generators,
     save_checkpoint,
 )
-from training.config import RunConfig, agent_action_repeat, model_config, task_overrides, to_json
+from training.config import RunConfig, agent_action_repeat, task_overrides, to_json
+from training.distributed import SINGLE, Distributed, DistributedError, rank_config, rank_dir
 from training.driver import EnvFactory, Envs, episode_return, make_envs, run_episodes
 from training.logger import Logger, log_episode_files
-from training.perf import apply_conv_speed, tune_malloc
-from training.replay import EpisodeReplay, Normalizer
+from training.perf import apply_speed, tune_malloc
+from training.replay import EpisodeReplay, Normalizer, write_atomic
+from training.run_parts import (
+    EVAL_ENVS,
+    TRAIN_ENVS,
+    ModelFactory,
+    default_model_factory,
+    env_seeds,
+    make_agent,
+    pick_device,
+    random_returns,
+    sensor_specs,
+)
 from training.state_eval import Observers, StateRecorder
 from training.video import VideoRecorder
-
-ModelFactory = Callable[[RunConfig, tuple[SensorSpec, ...], int], WorldModel]
-TRAIN_ENVS, EVAL_ENVS = 0, 1
-
-
-def default_model_factory(config: RunConfig, specs: tuple[SensorSpec, ...], action_dim: int
-                          ) -> WorldModel:
-    return make_world_model(config.model, specs, action_dim, config=model_config(config))
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def sensor_specs(envs: Envs) -> tuple[SensorSpec, ...]:
-    """The model's sensors in the task's update order (proprio first)."""
-    specs = []
-    for name in envs.sensors:
-        shape = tuple(envs.obs_space[name].shape)
-        specs.append(SensorSpec(name, "image" if len(shape) == 3 else "vector", shape))
-    return tuple(specs)
-
-
-def env_seeds(seed: int, kind: int, index: int, count: int) -> list[int]:
-    state = np.random.SeedSequence([seed, kind, index]).generate_state(count)
-    return [int(s % (2**31 - 1)) for s in state]
-
-
-def make_agent(config: RunConfig, model: WorldModel) -> Agent:
-    if config.agent == "planet":
-        from training.planet_agent import PlanetAgent
-
-        return PlanetAgent(model, config.planet)
-    from training.dreamer_agent import DreamerAgent
-
-    return DreamerAgent(model, config.dreamer)
 
 
 @dataclasses.dataclass
@@ -97,14 +73,18 @@ class Counters:
 
 class Trainer:
     def __init__(self, config: RunConfig, run_dir: Path, env_factory: EnvFactory = make_envs,
-                 model_factory: ModelFactory = default_model_factory):
+                 model_factory: ModelFactory = default_model_factory,
+                 dist: Distributed = SINGLE):
         self.config, self.run_dir = config, Path(run_dir)
-        self.env_factory, self.model_factory = env_factory, model_factory
-        self.device = pick_device(config.device)
+        self.env_factory, self.model_factory, self.dist = env_factory, model_factory, dist
+        self.local = rank_config(config, dist.world)  # batch / world size on each rank
+        self.device = dist.local_device(pick_device(config.device))
         self.repeat = agent_action_repeat(config)
         self.overrides = task_overrides(config)
         self.counters = Counters()
-        seq = np.random.SeedSequence(config.seed)
+        self.seed = config.seed + dist.rank  # a rank's episodes and draws
+        self.synced = (0, 0)  # env steps and episodes of every rank (distributed)
+        seq = np.random.SeedSequence(self.seed)
         s_train, s_act, s_replay, s_prefill = (int(x) for x in seq.generate_state(4))
         self.g_train = torch.Generator(self.device).manual_seed(s_train)
         self.g_act = torch.Generator(self.device).manual_seed(s_act)
@@ -122,7 +102,23 @@ class Trainer:
 
     @property
     def env_steps(self) -> int:
-        return self.replay.total_steps * self.repeat
+        """Environment steps of the run (of every rank: as of the last ``sync_counts``)."""
+        return self.synced[0] if self.dist.active else self.replay.total_steps * self.repeat
+
+    @property
+    def total_episodes(self) -> int:
+        return self.synced[1] if self.dist.active else self.replay.total_episodes
+
+    def sync_counts(self) -> None:
+        """Sum the ranks' step and episode counts (every rank calls it at the same points)."""
+        if self.dist.active:
+            steps, episodes = self.dist.sum([self.replay.total_steps * self.repeat,
+                                             self.replay.total_episodes])
+            self.synced = (steps, episodes)
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        if self.logger is not None:  # rank 0 only
+            self.logger.write(step, metrics)
 
     def setup(self) -> None:
         c = self.config
@@ -132,34 +128,46 @@ class Trainer:
             torch.set_num_threads(c.threads)
         elif self.device.type == "cpu":
             torch.set_num_threads(1)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.json").write_text(json.dumps(to_json(c), indent=2) + "\n")
-        self.replay = EpisodeReplay(self.run_dir / "episodes", c.replay.capacity,
-                                    c.replay.compress)
+        main = self.dist.is_main
+        path = self.run_dir / CHECKPOINT
+        saved = load_checkpoint(path) if path.exists() else None
+        if saved is not None:
+            self.check_world(int(saved.get("world_size", 1)))
+        own = rank_dir(self.run_dir, self.dist.rank)
+        own.mkdir(parents=True, exist_ok=True)
+        if main:  # atomic: the other ranks may be reading it
+            write_atomic(self.run_dir / "config.json",
+                         (json.dumps(to_json(c), indent=2) + "\n").encode())
+        self.replay = EpisodeReplay(own / "episodes", c.replay.capacity, c.replay.compress)
         self.replay.load()
-        self.envs = self.env_factory(c.task, env_seeds(c.seed, TRAIN_ENVS,
+        self.envs = self.env_factory(c.task, env_seeds(self.seed, TRAIN_ENVS,
                                                        self.replay.total_episodes,
                                                        c.env.num_envs), self.overrides)
         self.specs = sensor_specs(self.envs)
         self.action_dim = int(self.envs.act_space.shape[0])
-        torch.manual_seed(c.seed)  # parameter initialisation
+        torch.manual_seed(c.seed)  # parameter initialisation (the same on every rank)
         model = self.model_factory(c, self.specs, self.action_dim).to(self.device)
-        self.agent = make_agent(c, model)
+        self.agent = make_agent(self.local, model)
         self.state_names = tuple(getattr(self.envs, "state_names", ()))
         if self.state_names and "state" in self.envs.obs_space:
             self.agent.attach_state_head(StateHead(model.feature_dim, self.state_names, c.state))
         self.agent.to(self.device)
-        apply_conv_speed(model, c.perf.bf16, c.perf.channels_last, c.perf.compile_conv)
+        apply_speed(model, self.agent.actor_critic(), c.perf)
         self.normalizer: Normalizer | None = None
         self.checkpoint_steps: int | None = None
         self.checkpoint_episodes = 0
         self.metric_rows: int | None = 0  # records of metrics.jsonl a restart keeps
-        path = self.run_dir / CHECKPOINT
-        if path.exists():
-            self.restore(load_checkpoint(path))
+        if saved is not None:
+            self.restore(saved)
+        if self.dist.active:
+            self.agent.grad_sync = self.dist.average_gradients
+            self.dist.broadcast_module(self.agent)  # rank 0's weights everywhere
+        self.sync_counts()
         self.logger = Logger(self.run_dir, c.log.tensorboard, self.checkpoint_steps,
-                             self.metric_rows)
-        if self.checkpoint_steps is not None:  # episodes kept past the checkpoint: their rows
+                             self.metric_rows) if main else None
+        if self.checkpoint_steps is not None and not self.dist.active:
+            # Episodes kept past the checkpoint: their rows (a distributed run's steps are
+            # the sum over the ranks, which no rank's files give: it leaves them out).
             log_episode_files(self.logger, self.replay.files()[self.checkpoint_episodes:],
                               self.checkpoint_steps, self.checkpoint_episodes, self.repeat)
 
@@ -169,20 +177,36 @@ class Trainer:
         for key, optimiser in self.agent.optimisers().items():  # the config's (resumable) rates
             for group, lr in zip(optimiser.param_groups, rates[key], strict=True):
                 group["lr"] = lr
+        mine = data["ranks"][self.dist.rank] if self.dist.active else data
         self.counters = Counters(**data["counters"])
         self.counters.restarts += 1
         self.normalizer = Normalizer.from_state_dict(data["normalizer"])
-        restore_generators(self.generators(), data["rng"])
-        if self.replay.total_episodes < data["train_episodes"]:
+        restore_generators(self.generators(), mine["rng"])
+        if self.replay.total_episodes < mine["train_episodes"]:
             raise RuntimeError(f"{self.replay.directory} holds {self.replay.total_episodes} "
                                f"episodes but the checkpoint counted "
-                               f"{data['train_episodes']}: episodes were removed")
+                               f"{mine['train_episodes']}: episodes were removed")
         self.checkpoint_steps = int(data["env_steps"])
-        self.checkpoint_episodes = int(data["train_episodes"])
+        self.checkpoint_episodes = int(mine["train_episodes"])
         self.metric_rows = data.get("metric_rows")  # None: older checkpoints, keep by step
 
+    def check_world(self, world: int) -> None:
+        """A run is resumed by as many processes as trained it (each has its own replay)."""
+        if world != self.dist.world:
+            how = f"torchrun --nproc_per_node={world} -m" if world > 1 else "python -m"
+            raise DistributedError(f"{self.run_dir} was trained by {world} process(es), not "
+                                   f"{self.dist.world}: each rank's replay is its own; resume "
+                                   f"it with {how} training.{self.config.agent} --resume")
+
     def save(self) -> None:
+        """Rank 0 writes; a distributed run adds each rank's generators and episode count."""
+        ranks = self.dist.gather({"rng": generator_states(self.generators()),
+                                  "train_episodes": self.replay.total_episodes})
+        if not self.dist.is_main:
+            return
+        extra = {"world_size": self.dist.world, "ranks": ranks} if self.dist.active else {}
         save_checkpoint(self.run_dir / CHECKPOINT, {
+            **extra,
             "agent": self.agent.full_state(),
             "counters": dataclasses.asdict(self.counters),
             "env_steps": self.env_steps,
@@ -198,7 +222,7 @@ class Trainer:
     def done(self) -> bool:
         c = self.config.loop
         over_time = c.minutes > 0 and self.counters.seconds >= 60 * c.minutes
-        return self.env_steps >= c.steps or over_time
+        return self.env_steps >= c.steps or self.dist.any(over_time)
 
     def collect(self, policy: Callable, count: int) -> list:
         """At least ``count`` episodes, every one into replay: each environment finishes one
@@ -215,18 +239,22 @@ class Trainer:
         missing = c.loop.prefill_episodes - self.replay.total_episodes
         if missing > 0:
             self.collect(RandomPolicy(self.action_dim, self.rng_prefill), missing)
+        self.sync_counts()
         if self.checkpoint_steps is None:  # a start (or one killed before its checkpoint)
-            self.logger.write(self.env_steps, {"prefill/return": float(np.mean(
+            self.log(self.env_steps, {"prefill/return": float(np.mean(
                 [episode_return(e) for e in self.replay.episodes])), "train/episodes":
-                self.replay.total_episodes})
+                self.total_episodes})
         if self.normalizer is None:
             vectors = [s.name for s in self.specs if s.kind == "vector"]
-            self.normalizer = Normalizer.fit(self.replay.episodes[:c.loop.prefill_episodes],
-                                             vectors)
             head = self.agent.state_head
+            keys = vectors + (["state"] if head is not None else [])
+            prefill = self.replay.episodes[:c.loop.prefill_episodes]
+            if self.dist.active:  # the same statistics on every rank: of all ranks' prefill
+                mine = [{k: e[k] for k in keys} for e in prefill]
+                prefill = [e for rank in self.dist.all_gather(mine) for e in rank]
+            self.normalizer = Normalizer.fit(prefill, vectors)
             if head is not None:  # normalise the state head's targets (once, checkpointed)
-                states = np.concatenate([e["state"] for e in
-                                         self.replay.episodes[:c.loop.prefill_episodes]])
+                states = np.concatenate([e["state"] for e in prefill])
                 loc, scale = fit_scaling(torch.as_tensor(states))
                 head.set_scaling(loc.to(self.device), scale.to(self.device))
 
@@ -235,7 +263,8 @@ class Trainer:
         totals: dict[str, float] = {}
         self.agent.model.train()
         for _ in range(steps):
-            data = self.normalizer(self.replay.sample(c.batch, c.length, self.rng_replay))
+            data = self.normalizer(self.replay.sample(self.local.replay.batch, c.length,
+                                                      self.rng_replay))
             for key in ("is_last", "is_terminal"):
                 data.pop(key, None)
             # The privileged state goes to the state head only; the model never sees it.
@@ -289,7 +318,8 @@ class Trainer:
         self.setup()
         c = self.config
         bar = tqdm(total=c.loop.steps, initial=min(self.env_steps, c.loop.steps),
-                   unit="step", dynamic_ncols=True, disable=not c.log.progress,
+                   unit="step", dynamic_ncols=True,
+                   disable=not (c.log.progress and self.dist.is_main),
                    desc=f"{c.agent}/{c.model} {c.task}")
         try:
             start = time.perf_counter()
@@ -318,6 +348,7 @@ class Trainer:
         policy = AgentPolicy(self.agent, self.normalizer, self.device, True, self.g_act)
         steps_before = self.env_steps
         episodes = self.collect(policy, c.loop.collect_episodes)
+        self.sync_counts()
         t2 = time.perf_counter()
         self.counters.iteration += 1
         self.counters.seconds += t2 - t0
@@ -325,13 +356,13 @@ class Trainer:
         metrics.update({
             "train/return": float(np.mean([episode_return(e) for e in episodes])),
             "train/length": float(np.mean([len(e["reward"]) - 1 for e in episodes])),
-            "train/episodes": self.replay.total_episodes, "train/updates": self.counters.updates,
+            "train/episodes": self.total_episodes, "train/updates": self.counters.updates,
             "train/iteration": self.counters.iteration,
             "fps": collected / max(t2 - t1, 1e-9),
             "updates_per_s": c.loop.train_steps / max(t1 - t0, 1e-9),
             "time/minutes": self.counters.seconds / 60})
         self.last.update(metrics)
-        self.logger.write(self.env_steps, metrics)
+        self.log(self.env_steps, metrics)
         bar.update(max(0, min(self.env_steps, c.loop.steps) - bar.n))
         bar.set_postfix(self.postfix(), refresh=False)
         if self.counters.iteration % c.loop.eval_every == 0:
@@ -340,12 +371,16 @@ class Trainer:
             self.save()
 
     def log_eval(self, bar: tqdm) -> None:
+        if not self.dist.is_main:  # rank 0 alone evaluates; the others count it
+            self.counters.evals += 1
+            self.counters.last_eval_iteration = self.counters.iteration
+            return
         t0 = time.perf_counter()
         metrics = self.evaluate()
         metrics["time/eval_s"] = time.perf_counter() - t0
         self.counters.seconds += metrics["time/eval_s"]
         self.last.update(metrics)
-        self.logger.write(self.env_steps, metrics)
+        self.log(self.env_steps, metrics)
         bar.set_postfix(self.postfix(), refresh=True)
 
     def postfix(self) -> dict[str, str]:
@@ -366,24 +401,10 @@ class Trainer:
             logger.close()
 
 
-def random_returns(config: RunConfig, episodes: int, seed: int = 12345,
-                   env_factory: EnvFactory = make_envs) -> list[float]:
-    """Returns of the uniform random policy on the run's task and episode settings."""
-    envs = env_factory(config.task, env_seeds(seed, EVAL_ENVS, 0, 1), task_overrides(config))
-    try:
-        policy = RandomPolicy(int(envs.act_space.shape[0]), np.random.default_rng(seed))
-        out: list[float] = []
-        while len(out) < episodes:
-            out += [episode_return(e) for e in run_episodes(envs, policy,
-                                                            int(envs.act_space.shape[0]))]
-        return out[:episodes]
-    finally:
-        envs.close()
-
-
 def train(config: RunConfig, run_dir: Path, env_factory: EnvFactory = make_envs,
-          model_factory: ModelFactory = default_model_factory) -> dict[str, float]:
-    return Trainer(config, run_dir, env_factory, model_factory).run()
+          model_factory: ModelFactory = default_model_factory,
+          dist: Distributed = SINGLE) -> dict[str, float]:
+    return Trainer(config, run_dir, env_factory, model_factory, dist).run()
 
 
 __all__: Sequence[str] = ("Trainer", "random_returns", "train")

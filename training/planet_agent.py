@@ -8,7 +8,7 @@ from torch import Tensor
 
 from estimator.batch import SequenceBatch
 from estimator.world_model import State, WorldModel
-from training.agent import Agent, check_finite, clipped_step
+from training.agent import Agent, check_finite
 from training.config import PlanetConfig
 
 
@@ -33,14 +33,14 @@ class PlanetAgent(Agent):
             loss = loss + aux
         self.model_opt.zero_grad(set_to_none=True)
         loss.backward()
-        norm = clipped_step("world-model", self.model_opt, list(self.model.parameters()),
+        norm = self.step("world-model", self.model_opt, list(self.model.parameters()),
                             self.config.grad_clip)
         out = {f"wm/{k}": v for k, v in wm.items()}
         out["wm/grad_norm"] = norm
         out.update(aux_metrics)
         if aux is not None:
             assert self.state_head is not None
-            clipped_step("state-head", self.state_opt, list(self.state_head.parameters()),
+            self.step("state-head", self.state_opt, list(self.state_head.parameters()),
                          self.config.grad_clip)
         elif state is not None and self.state_head is not None:
             with torch.no_grad():
