@@ -8,9 +8,9 @@ PY := $(VENV)/bin/python
 # editable install maps the packages that exist when it runs).
 STAMP := $(VENV)/.installed-$(shell (cat pyproject.toml; ls -d */__init__.py) | md5sum | cut -c1-12)
 # Headless MuJoCo rendering: EGL (default) and OSMesa (fallback); docker-compose (Debian's
-# v1, no engine needed) validates docker-compose.yml in the tests; redis-server and nginx
+# v1, no engine needed) validates docker-compose.yml in the tests; redis-server and haproxy
 # run the fleet on loopback (tests/scale, server/deploy/local.py).
-APT_PACKAGES := libegl1 libopengl0 libgl1-mesa-dri libosmesa6 docker-compose redis-server nginx
+APT_PACKAGES := libegl1 libopengl0 libgl1-mesa-dri libosmesa6 docker-compose redis-server haproxy
 PYTEST_ARGS ?=
 DEMO_OUT ?= runs/demo
 

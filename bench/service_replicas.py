@@ -1,13 +1,13 @@
-"""A fleet behind nginx on this machine (server/deploy/local.py: redis-server, N replicas
-of ``python -m server`` on the shipped model, nginx; loopback only, bounded in count and
+"""A fleet behind HAProxy on this machine (server/deploy/local.py: redis-server, N
+replicas of ``python -m server`` on the shipped model, HAProxy; loopback only, bounded in count and
 time): throughput with 1 and with 2 replicas, the balancer's added latency (direct to the
-replica vs through nginx), and failover time (``kill -9`` of a session's replica to the
+replica vs through HAProxy), and failover time (``kill -9`` of a session's replica to the
 first belief served by the other). Results in bench/results/service_replicas.{md,json}.
 
     python bench/service_replicas.py [--sessions 32] [--seconds 5] [--round-trips 500]
         [--failovers 3]
 
-The client runs on the same cores as the replicas and nginx: on a 2-core machine the
+The client runs on the same cores as the replicas and HAProxy: on a 2-core machine the
 ratio of 2 replicas to 1 is bounded by the cores, not by the design.
 """
 
@@ -141,7 +141,7 @@ def main() -> None:
     p.add_argument("--interval-s", type=float, default=1.0, help="--store-interval-s")
     p.add_argument("--lease-s", type=float, default=3.0, help="--store-lease-s")
     args = p.parse_args()
-    missing = missing_binaries("redis-server", "nginx")
+    missing = missing_binaries("redis-server", "haproxy")
     if missing:
         sys.exit(f"error: not installed: {' '.join(missing)} (apt-get install {' '.join(missing)})")
     load_before = os.getloadavg()
@@ -171,7 +171,7 @@ def main() -> None:
             rows.append({"case": "throughput", "replicas": n, "sessions": args.sessions,
                          "msgs_per_s": rate, "p50_ms": p50, "p99_ms": p99})
             lines.append([f"proprio → belief, {args.sessions} sessions, closed loop", n,
-                          "nginx + store", f"{p50:.2f}", f"{p99:.2f}", f"{rate:,.0f}"])
+                          "haproxy + store", f"{p50:.2f}", f"{p99:.2f}", f"{rate:,.0f}"])
             print(lines[-1], flush=True)
             if n == 2:
                 with EstimatorClient(fleet.grpc_target) as client:
@@ -179,9 +179,9 @@ def main() -> None:
                 direct = fleet.replicas[owner(fleet, sid)].grpc_target
                 half = args.round_trips
                 for label, target, start in (("direct", direct, 0),
-                                             ("nginx", fleet.grpc_target, half),
+                                             ("haproxy", fleet.grpc_target, half),
                                              ("direct", direct, 2 * half),
-                                             ("nginx", fleet.grpc_target, 3 * half)):
+                                             ("haproxy", fleet.grpc_target, 3 * half)):
                     lat = round_trips(target, sid, half, start)
                     p50, p99 = stats(lat)
                     rows.append({"case": "round trip", "path": label, "p50_ms": p50,
@@ -193,7 +193,7 @@ def main() -> None:
     for i, s in enumerate(times):
         rows.append({"case": "failover", "run": i, "seconds": s})
     lines.append([f"failover: kill -9 → first belief elsewhere (lease {args.lease_s:g} s)",
-                  "2 → 1", "nginx",
+                  "2 → 1", "haproxy",
                   f"{np.median(times):.3f} s (median of {len(times)})",
                   f"max {max(times):.3f} s", ""])
     print(lines[-1], flush=True)
@@ -202,7 +202,7 @@ def main() -> None:
                         args=vars(args))
     print(f"2 replicas / 1 replica throughput: {rates[2] / rates[1]:.2f}x; "
           f"load {load_before} -> {meta['loadavg_after']}")
-    write_results("service_replicas", "Replicas behind nginx (gRPC, shipped model)",
+    write_results("service_replicas", "Replicas behind HAProxy (gRPC, shipped model)",
                   ["case", "replicas", "path", "p50 ms", "p99 ms", "msgs/s"], lines, rows, meta)
 
 

@@ -1,6 +1,6 @@
 """A fleet on loopback, without Docker: redis-server, N ``python -m server`` replicas
-sharing it (``--store``), nginx in front (``nginx.conf.template``), every port free and on
-127.0.0.1, every file in one folder. The scale tests and ``bench/service_replicas.py`` run
+sharing it (``--store``), HAProxy in front (``haproxy.cfg.template``), every port free and
+on 127.0.0.1, every file in one folder. The scale tests and ``bench/service_replicas.py`` run
 it; by hand:
 
     python -m server.deploy.local --replicas 2 [--folder DIR] [-- SERVER FLAGS...]
@@ -26,8 +26,12 @@ from pathlib import Path
 
 from server.deploy import balancer
 
-STORE_FLAGS = ("--store-interval-s", "0.2", "--store-lease-s", "1.0",
-               "--store-handoff-s", "2.0")  # short, for tests: loss <= 0.2 s, failover <= 1 s
+# For tests on a loaded machine: writes every 0.2 s (loss <= 0.2 s), a 3 s lease (the
+# default: a replica stalled for a second by other jobs keeps its sessions; failover
+# <= 3 s), hand-back after 10 s idle (longer than any pause between a test's calls of a
+# session, failover included: a hand-back there would count as a second take-over).
+STORE_FLAGS = ("--store-interval-s", "0.2", "--store-lease-s", "3.0",
+               "--store-handoff-s", "10.0")
 
 
 def free_port() -> int:
@@ -83,7 +87,7 @@ class Fleet:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("VRKN_")}
         self.env.update(env or {})
         self.redis: subprocess.Popen | None = None
-        self.nginx: subprocess.Popen | None = None
+        self.haproxy: subprocess.Popen | None = None
         self.replicas: list[Replica] = []
         self.redis_port = self.grpc_port = self.http_port = 0
 
@@ -115,7 +119,7 @@ class Fleet:
         self.start_redis()
         for i in range(self.count):
             self.replicas.append(self.start_replica(f"r{i}"))
-        self.start_nginx()
+        self.start_haproxy()
 
     def start_redis(self) -> None:
         self.redis_port = free_port()
@@ -145,20 +149,26 @@ class Fleet:
         info = json.loads(ready.read_text())
         return Replica(name, proc, info["grpc_port"], info["http_port"], log)
 
-    def start_nginx(self) -> None:
+    @property
+    def ring(self) -> list[balancer.Replica]:
+        """The replicas as the balancer knows them: ring ids 1..N in start order."""
+        return [balancer.Replica(r.name, i + 1, r.grpc_target, f"127.0.0.1:{r.http_port}")
+                for i, r in enumerate(self.replicas)]
+
+    def start_haproxy(self) -> None:
         self.grpc_port, self.http_port = free_port(), free_port()
-        snippet, main = self.folder / "fleet.conf", self.folder / "nginx.conf"
-        snippet.write_text(balancer.fleet_snippet(
-            [r.grpc_target for r in self.replicas],
-            [f"127.0.0.1:{r.http_port}" for r in self.replicas],
-            f"127.0.0.1:{self.grpc_port}", f"127.0.0.1:{self.http_port}"))
-        main.write_text(balancer.local_main(self.folder, snippet))
-        cmd = [_binary("nginx"), "-p", str(self.folder), "-c", str(main),
-               "-e", str(self.folder / "error.log")]
-        subprocess.run([*cmd, "-t", "-q"], check=True, capture_output=True, timeout=30)
-        self.nginx = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        wait_port(self.grpc_port, self.nginx, "nginx")
-        wait_port(self.http_port, self.nginx, "nginx")
+        cfg = self.folder / "haproxy.cfg"
+        cfg.write_text(balancer.config(self.ring, f"127.0.0.1:{self.grpc_port}",
+                                       f"127.0.0.1:{self.http_port}"))
+        check = subprocess.run([_binary("haproxy"), "-c", "-q", "-f", str(cfg)],
+                               capture_output=True, text=True, timeout=30)
+        if check.returncode != 0:
+            raise RuntimeError(f"haproxy refuses {cfg}:\n{check.stdout}{check.stderr}")
+        with (self.folder / "haproxy.log").open("a") as out:  # -db: foreground, no daemon
+            self.haproxy = subprocess.Popen([_binary("haproxy"), "-db", "-f", str(cfg)],
+                                            stdout=out, stderr=subprocess.STDOUT)
+        wait_port(self.grpc_port, self.haproxy, "haproxy")
+        wait_port(self.http_port, self.haproxy, "haproxy")
 
     def kill(self, index: int) -> None:
         """``kill -9`` of one replica."""
@@ -171,19 +181,19 @@ class Fleet:
         what is left; the exit codes."""
         codes: dict[str, int | None] = {}
         named = [(r.name, r.proc) for r in self.replicas]
-        named += [("nginx", self.nginx), ("redis", self.redis)]
+        named += [("haproxy", self.haproxy), ("redis", self.redis)]
         for name, proc in named:
             if proc is None:
                 continue
             if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM if name != "nginx" else signal.SIGQUIT)
+                proc.send_signal(signal.SIGTERM if name != "haproxy" else signal.SIGUSR1)
                 try:
                     proc.wait(30)
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(10)
             codes[name] = proc.returncode
-        self.replicas, self.nginx, self.redis = [], None, None
+        self.replicas, self.haproxy, self.redis = [], None, None
         return codes
 
 
@@ -194,10 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--folder", type=Path, default=None, help="default: a temporary one")
     p.add_argument("server_args", nargs="*", help="after --: flags for every replica")
     args = p.parse_args(argv)
-    missing = missing_binaries("redis-server", "nginx")
+    missing = missing_binaries("redis-server", "haproxy")
     if missing:
         print(f"error: not installed: {' '.join(missing)} (apt-get install redis-server "
-              "nginx)", file=sys.stderr)
+              "haproxy)", file=sys.stderr)
         return 2
     folder = args.folder or Path(tempfile.mkdtemp(prefix="vrkn-fleet-"))
     stop = []

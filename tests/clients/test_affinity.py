@@ -5,7 +5,7 @@ the first message's session (or the one given). Calls naming no session carry no
 
 Recorded where the clients hand a call to the transport (a stub / an httpx transport that
 records and answers UNAVAILABLE, with one attempt); the fleet test (tests/scale) shows the
-header routing real calls through nginx."""
+header routing real calls through HAProxy."""
 
 from __future__ import annotations
 

@@ -175,29 +175,33 @@ def test_the_scale_profile_runs_replicas_a_balancer_and_redis(config, tmp_path):
         assert "ports" not in services[name]  # reached through the balancer only
         assert "readyz" in " ".join(services[name]["healthcheck"]["test"])
     lb = services["balancer"]
+    assert lb["image"].startswith("haproxy:")  # the stock image
     assert {n: d["condition"] for n, d in lb["depends_on"].items()} == \
         dict.fromkeys(replicas, "service_healthy")
     [mount] = lb["volumes"]
     source, target = mount.split(":")[:2]
-    assert Path(source) == balancer.TEMPLATE and target.startswith("/etc/nginx/templates/")
-    env = lb["environment"]
-    for port, kind in (("50051", "GRPC"), ("8000", "HTTP")):
-        assert env[f"VRKN_{kind}_SERVERS"].split() == balancer.upstream_servers(
-            [f"{r}:{port}" for r in replicas]).split()
-    rendered = balancer.render(env)  # every placeholder has a value
+    assert Path(source) == balancer.COMPOSE_CONFIG
+    assert target == "/usr/local/etc/haproxy/haproxy.cfg"
+    # The mounted file is the template rendered for these replicas (regenerate it with
+    # python -m server.deploy.balancer), on the ports the replicas' commands serve.
+    for name in replicas:
+        cmd = services[name]["command"]
+        assert (cmd[cmd.index("--grpc-port") + 1], cmd[cmd.index("--http-port") + 1]) == \
+            ("50051", "8000")
+    text = balancer.COMPOSE_CONFIG.read_text()
+    assert text == balancer.compose_config(replicas, 50051, 8000)
+    assert {p.split(":")[-1].split("/")[0] for p in lb["ports"]} == {"50051", "8000"}
     assert all(p.startswith("127.0.0.1:") for p in lb["ports"])
     sim = services["robot-sim-fleet"]["command"]
     assert sim[sim.index("--server") + 1] == "balancer:50051"
-    if shutil.which("nginx") or Path("/usr/sbin/nginx").exists():  # the rendered file loads
-        local = rendered.replace("estimator-1:", "127.0.0.1:").replace("estimator-2:",
-                                                                        "127.0.0.2:")
-        local = local.replace("listen 50051", "listen 127.0.0.1:1").replace(
-            "listen 8000", "listen 127.0.0.1:2")
-        (tmp_path / "fleet.conf").write_text(local)
-        (tmp_path / "nginx.conf").write_text(balancer.local_main(tmp_path,
-                                                                 tmp_path / "fleet.conf"))
-        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        r = subprocess.run([nginx, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"),
-                            "-e", str(tmp_path / "error.log")], capture_output=True, text=True,
-                           timeout=30, check=False)
-        assert r.returncode == 0, r.stderr
+    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    if Path(haproxy).exists():  # HAProxy accepts the file (service names made local)
+        local = text.replace("estimator-1:", "127.0.0.1:").replace("estimator-2:",
+                                                                    "127.0.0.2:")
+        local = local.replace("bind :50051", "bind 127.0.0.1:1").replace(
+            "bind :8000", "bind 127.0.0.1:2")
+        (tmp_path / "haproxy.cfg").write_text(local)
+        r = subprocess.run([haproxy, "-c", "-f", str(tmp_path / "haproxy.cfg")],
+                           capture_output=True, text=True, timeout=30, check=False)
+        assert r.returncode == 0 and "WARNING" not in r.stdout + r.stderr, \
+            r.stdout + r.stderr

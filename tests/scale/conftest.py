@@ -1,4 +1,4 @@
-"""The fleet on loopback: redis-server and nginx from Debian (``make test`` installs them,
+"""The fleet on loopback: redis-server and HAProxy from Debian (``make test`` installs them,
 Makefile APT_PACKAGES), the shipped model, every port free on 127.0.0.1."""
 
 from __future__ import annotations

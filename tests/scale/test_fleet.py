@@ -1,9 +1,14 @@
 """A fleet on loopback, real processes: redis-server, 2 ``python -m server`` replicas
-(the shipped model, ``--store``) and nginx in front (server/deploy/nginx.conf.template),
-every port free on 127.0.0.1, everything stopped at the end.
+(the shipped model, ``--store``) and HAProxy in front (server/deploy/haproxy.cfg.template),
+every port free on 127.0.0.1, everything stopped at the end. Deterministic: the session
+ids are seeded and the ring depends on the replicas' ring ids only (not their ports), so
+the same sessions land on the same replicas on every run; the test still only relies on
+having two sessions on each.
 
-* Every message of a session lands on one replica (the replica answering the session
-  directly, its own counters, and each replica's message metric add up).
+* Every message of a session lands on one replica, also for a session driven over both
+  transports (the replica answering the session directly, the balancer's
+  ``x-vrkn-replica`` on gRPC and HTTP, its own counters, and each replica's message metric
+  add up).
 * After ``kill -9`` of a replica, each of its sessions continues on the other one with the
   belief of the stored snapshot, bit for bit, and counters intact; the other replica's
   sessions are untouched; nothing else is lost.
@@ -14,6 +19,7 @@ every port free on 127.0.0.1, everything stopped at the end.
 from __future__ import annotations
 
 import json
+import random
 import re
 import time
 
@@ -23,16 +29,17 @@ import numpy as np
 import pytest
 
 from clients import EstimatorClient, HttpEstimatorClient, Message, RetryPolicy
-from server.deploy.local import Fleet
+from server.deploy.local import STORE_FLAGS, Fleet
 from server.store import keys
 from tests.scale.conftest import need
 
 pytestmark = [pytest.mark.scale, pytest.mark.slow]
 PERIOD = 0.02
 TICKS = 12
-# Failover waits for the dead replica's lease (1 s in the fleet's test flags): retry long
-# enough, with a bound.
-POLICY = RetryPolicy(max_attempts=60, initial_backoff_s=0.02, max_backoff_s=0.1)
+# Failover waits for the dead replica's lease (3 s in the fleet's test flags): retry long
+# enough (about 10 s of pauses), with a bound.
+POLICY = RetryPolicy(max_attempts=100, initial_backoff_s=0.02, max_backoff_s=0.1)
+LEASE_S = float(STORE_FLAGS[STORE_FLAGS.index("--store-lease-s") + 1])
 
 
 def messages_metric(replica) -> float:
@@ -50,6 +57,21 @@ def owner_of(fleet, sid) -> int:
     other = answers[1 - held[0]].json()["error"]
     assert other["reason"] == "owned_elsewhere", other
     return held[0]
+
+
+def served_by(fleet, sid) -> tuple[str, str]:
+    """The replica the balancer sends the session's calls to, over gRPC and over HTTP (its
+    ``x-vrkn-replica`` answer header)."""
+    from proto.vrkn.estimator.v1 import estimator_pb2, estimator_pb2_grpc
+
+    with grpc.insecure_channel(fleet.grpc_target) as channel:
+        _, call = estimator_pb2_grpc.EstimatorStub(channel).DescribeSession.with_call(
+            estimator_pb2.SessionRef(session_id=sid), metadata=(("x-session-id", sid),),
+            timeout=10)
+        via_grpc = dict(call.initial_metadata())["x-vrkn-replica"]
+    r = httpx.get(f"{fleet.http_url}/v1/sessions/{sid}", timeout=10)
+    assert r.status_code == 200, r.text
+    return via_grpc, r.headers["x-vrkn-replica"]
 
 
 def feed(client, http, sid, ticks, start, rng) -> int:
@@ -77,10 +99,10 @@ def stored_accepted(store, sid) -> int:
 
 
 def test_affinity_failover_and_nothing_lost(tmp_path):
-    need("redis-server", "nginx")
+    need("redis-server", "haproxy")
     import redis
 
-    rng = np.random.default_rng(0)
+    rng, ids = np.random.default_rng(0), random.Random(14)
     with Fleet(tmp_path / "fleet", replicas=2) as fleet, \
             EstimatorClient(fleet.grpc_target, retry=POLICY, timeout=30) as client, \
             HttpEstimatorClient(fleet.http_url, retry=POLICY, timeout=30) as http:
@@ -89,9 +111,14 @@ def test_affinity_failover_and_nothing_lost(tmp_path):
         sessions: dict[str, int] = {}
         while min(list(sessions.values()).count(i) for i in (0, 1)) < 2:
             assert len(sessions) < 40, sessions
-            sid = client.create_session(start_time=0.0).session_id
+            sid = client.create_session(start_time=0.0,
+                                        session_id=f"{ids.getrandbits(128):032x}").session_id
             sessions[sid] = owner_of(fleet, sid)
-        via_http = next(iter(sessions))  # one session is driven over HTTP
+        # One session on r0 is driven over both transports (proprio over HTTP, the rest
+        # over gRPC); r0 is the replica killed below.
+        via_http = next(s for s, o in sessions.items() if o == 0)
+        for sid, owner in sessions.items():  # one ring: both transports reach the owner
+            assert served_by(fleet, sid) == (fleet.replicas[owner].name,) * 2, sid
         sent = {sid: feed(client, http if sid == via_http else None, sid, TICKS, 0, rng)
                 for sid in sessions}
         # Every message of a session landed on its one replica.
@@ -116,10 +143,15 @@ def test_affinity_failover_and_nothing_lost(tmp_path):
         from proto.vrkn.estimator.v1 import estimator_pb2, estimator_pb2_grpc
 
         with grpc.insecure_channel(fleet.grpc_target) as channel:
+            stub = estimator_pb2_grpc.EstimatorStub(channel)
             with pytest.raises(grpc.RpcError) as e:
-                estimator_pb2_grpc.EstimatorStub(channel).CreateSession(
-                    estimator_pb2.CreateSessionRequest(), timeout=10)
+                stub.CreateSession(estimator_pb2.CreateSessionRequest(), timeout=10)
             assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            with pytest.raises(grpc.RpcError) as e:
+                list(stub.StreamMessages(iter([estimator_pb2.SensorMessage(session_id=a)]),
+                                         timeout=10))
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "x-session-id" in e.value.details()
         # Wait until the store holds every message (the write pass: 0.2 s), then note
         # what each session answers.
         deadline = time.monotonic() + 20
@@ -135,7 +167,7 @@ def test_affinity_failover_and_nothing_lost(tmp_path):
         moved = [s for s, o in sessions.items() if o == victim]
         first = client.get_belief(moved[0])
         failover_s = time.monotonic() - killed
-        assert failover_s < 10
+        assert failover_s < LEASE_S + 5  # the lease runs out, then the retry pause
         for sid in sessions:  # beliefs of the snapshot, bit for bit; counters intact
             got = first if sid == moved[0] else (http if sid == via_http else client
                                                  ).get_belief(sid)
@@ -148,6 +180,7 @@ def test_affinity_failover_and_nothing_lost(tmp_path):
             before = messages_metric(survivor)
             sent[sid] += feed(client, http if sid == via_http else None, sid, 3, TICKS, rng)
             assert messages_metric(survivor) - before == 6
+            assert served_by(fleet, sid) == (survivor.name,) * 2
             assert sum(client.describe_session(sid).accepted.values()) == sent[sid]
         for sid in survivors:  # untouched
             assert sum(client.describe_session(sid).accepted.values()) == sent[sid]
