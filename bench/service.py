@@ -38,8 +38,10 @@ sys.path.insert(0, str(ROOT))
 
 from proto.vrkn.estimator.v1 import estimator_pb2 as pb  # noqa: E402
 from proto.vrkn.estimator.v1 import estimator_pb2_grpc as pb_grpc  # noqa: E402
+from proto.wire import BeliefDetail  # noqa: E402
 
 P, A, PERIOD = 6, 6, 0.02
+DETAIL = BeliefDetail.FULL  # what a proprio message's belief carries (--detail)
 
 
 def export_default_bundle(path: Path) -> Path:
@@ -102,7 +104,7 @@ def png(rng: np.random.Generator) -> bytes:
 def proprio_msg(sid: str, i: int, rng, belief: bool) -> pb.SensorMessage:
     return pb.SensorMessage(session_id=sid, sensor="proprio", timestamp=i * PERIOD, sequence=i,
                             vector=pb.FloatVector(values=rng.standard_normal(P).tolist()),
-                            return_belief=belief)
+                            return_belief=belief, belief_detail=int(DETAIL))
 
 
 def image_msg(sid: str, i: int, images: list[bytes], belief: bool = False) -> pb.SensorMessage:
@@ -319,7 +321,11 @@ def main() -> None:
     p.add_argument("--limit-s", type=float, default=30.0, help="time cap per case")
     p.add_argument("--server-arg", action="append", default=[],
                    help="extra server flag, e.g. --server-arg=--batch-window-ms=1")
+    p.add_argument("--detail", choices=[d.name for d in BeliefDetail if d], default="FULL",
+                   help="what a proprio message's belief carries (default FULL)")
     args = p.parse_args()
+    global DETAIL
+    DETAIL = BeliefDetail[args.detail]
     if args.bundle is not None:
         use_bundle_sizes(args.bundle)
     load_before = os.getloadavg()
@@ -373,7 +379,8 @@ def main() -> None:
     meta = machine_meta(load_before, image_encoder_batches=batch,
                         bundle="default-size untrained VRKN fusion (L=230, proprio 6, image "
                         "64x64)" if args.bundle is None else str(args.bundle),
-                        server_args=args.server_arg, client="one process, same machine")
+                        server_args=args.server_arg, client="one process, same machine",
+                        belief_detail=DETAIL.name)
     header = ["case", "transport", "sessions", "messages", "p50 ms", "p99 ms", "msgs/s"]
     lines = [[r["case"], r["transport"], r["sessions"], r["messages"] or "",
               r["p50_ms"] if r["p50_ms"] is not None else "",

@@ -1,25 +1,31 @@
 """Benchmark: a fleet on one box, in real time. 64 robots (``--sessions``), each on its own
-gRPC stream, offer a proprio message every control period (50 Hz, with ``return_belief``)
-and a camera frame (PNG) every 4th period (12.5 Hz), for ``--seconds`` (default 60):
+gRPC stream, offer a proprio message every control period (50 Hz, with ``return_belief``
+at ``--detail``: by default STATE, what a controller needs, or LATENT when the bundle has
+no state head) and a camera frame (PNG) every 4th period (12.5 Hz), for ``--seconds``
+(default 60):
 
 - p50/p99 of proprio -> belief and of image -> ack; dropped answers (errors, or none by the
   end) and late ones (after the sensor's next message was due: 20 ms for proprio, 80 ms
   for images); how far the senders fell behind their schedule (the client's own limit);
 - saturation: proprio messages/s with every stream pipelined (32 unanswered), against the
   server and against a bare gRPC stream (a trivial echo servicer of the same proto over
-  the same transport), measured in the same run: the physical reference;
+  the same transport), measured in the same run: the physical reference. It starts only
+  once the server is idle (its CPU use below 10% for 0.5 s: the fleet phase's backlog
+  worked off; the server is restarted if that takes over ``--idle-limit-s``);
 - the CPU use of the client processes (``--clients``, several, so the client is not the
   bottleneck) and of the server, and the load average before and after.
 
 Writes bench/results/service_fleet.{json,md}. 127.0.0.1 only.
 
     python bench/service_fleet.py [--seconds 60] [--sessions 64] [--clients 4]
+                                  [--detail LATENT|STATE|FULL]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import multiprocessing as mp
 import os
 import subprocess
@@ -38,6 +44,7 @@ from results_io import machine_meta, write_results
 
 from proto.vrkn.estimator.v1 import estimator_pb2 as pb
 from proto.vrkn.estimator.v1 import estimator_pb2_grpc as pb_grpc
+from proto.wire import BeliefDetail
 
 IMAGE_EVERY = 4  # camera frames: every 4th control period (12.5 Hz at 50 Hz)
 
@@ -87,6 +94,25 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def wait_until_idle(pid: int, limit_s: float, quiet_s: float = 0.5,
+                    busy: float = 0.10) -> float | None:
+    """Wait until the process uses under ``busy`` of a core for ``quiet_s`` (a server that
+    has worked off its queues); the seconds waited, or None after ``limit_s``."""
+    start = time.monotonic()
+    while time.monotonic() - start < limit_s:
+        cpu0, t0 = cpu_seconds(pid), time.monotonic()
+        time.sleep(quiet_s)
+        if (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0) < busy:
+            return round(time.monotonic() - start, 2)
+    return None
+
+
+def default_detail(bundle: Path) -> BeliefDetail:
+    """What a controller needs: the state estimate, or the latent without a state head."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    return BeliefDetail.STATE if manifest.get("state") else BeliefDetail.LATENT
+
+
 # -- one client process ---------------------------------------------------------------------
 @dataclass
 class Part:
@@ -114,6 +140,7 @@ class Job:
     mode: str  # "fleet" or "saturation"
     period: float
     proprio: int
+    detail: int = 0  # BeliefDetail of the fleet's beliefs
     window: int = 32
 
 
@@ -155,7 +182,7 @@ async def fleet_stream(stub, sid: str, job: Job, j: int, images: list[bytes], pa
         msgs.append(("proprio", pb.SensorMessage(
             session_id=sid, sensor="proprio", timestamp=k * job.period + 0.002, sequence=seq,
             vector=pb.FloatVector(values=rng.standard_normal(job.proprio).tolist()),
-            return_belief=True)))
+            return_belief=True, belief_detail=job.detail)))
         seq += 1
         for kind, m in msgs:
             sent[m.sequence] = (time.perf_counter(), kind)
@@ -225,10 +252,10 @@ def run_client(job: Job) -> dict:
 
 
 def run_clients(pool, target: str, sessions: int, clients: int, mode: str, seconds: float,
-                period: float, proprio: int) -> tuple[Part, list[dict]]:
+                period: float, proprio: int, detail: int = 0) -> tuple[Part, list[dict]]:
     start_at = time.time() + 3.0  # every client has created its sessions by then
     per = [sessions // clients + (i < sessions % clients) for i in range(clients)]
-    jobs = [Job(target, n, i, start_at, seconds, mode, period, proprio)
+    jobs = [Job(target, n, i, start_at, seconds, mode, period, proprio, detail)
             for i, n in enumerate(per) if n]
     parts = pool.map(run_client, jobs)
     total = Part()
@@ -256,6 +283,12 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=4, help="client processes")
     p.add_argument("--server-arg", action="append", default=[],
                    help="extra server flag, e.g. --server-arg=--engine-window-ms=1")
+    p.add_argument("--detail", choices=[d.name for d in BeliefDetail if d],
+                   help="what the fleet's beliefs carry (default: STATE with a state head, "
+                        "else LATENT)")
+    p.add_argument("--idle-limit-s", type=float, default=120.0,
+                   help="before saturation: wait this long for the server to go idle, "
+                        "then restart it")
     p.add_argument("--echo-server", metavar="PORT_FILE", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.echo_server:
@@ -267,6 +300,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, ctx.Pool(args.clients) as pool:
         tmp = Path(tmp)
         bundle = args.bundle or service.export_default_bundle(tmp / "bundle")
+        detail = BeliefDetail[args.detail] if args.detail else default_detail(bundle)
         proc, info = service.start_server(bundle, tmp, *args.server_arg)
         echo, echo_target = start_echo(tmp)
         target = f"127.0.0.1:{info['grpc_port']}"
@@ -274,8 +308,16 @@ def main() -> None:
         try:
             cpu0 = cpu_seconds(proc.pid)
             fleet, fleet_cpu = run_clients(pool, target, args.sessions, args.clients, "fleet",
-                                           args.seconds, **common)
+                                           args.seconds, **common, detail=int(detail))
             server_cpu = (cpu_seconds(proc.pid) - cpu0) / (args.seconds + 3.0)
+            idle_wait = wait_until_idle(proc.pid, args.idle_limit_s)
+            if idle_wait is None:  # still busy with the fleet's backlog: a fresh server
+                print(f"the server was not idle after {args.idle_limit_s:g} s: restarted",
+                      flush=True)
+                proc.terminate()
+                proc.wait(30)
+                proc, info = service.start_server(bundle, tmp, *args.server_arg)
+                target = f"127.0.0.1:{info['grpc_port']}"
             sat, sat_cpu = run_clients(pool, target, args.sessions, args.clients,
                                        "saturation", args.sat_seconds, **common)
             bare, bare_cpu = run_clients(pool, echo_target, args.sessions, args.clients,
@@ -295,7 +337,9 @@ def main() -> None:
         {"case": "saturation, bare gRPC echo stream", "msgs_per_s": round(reference)},
     ]
     summary = {
-        "sessions": args.sessions, "seconds": args.seconds, "sent": fleet.sent,
+        "sessions": args.sessions, "seconds": args.seconds, "belief_detail": detail.name,
+        "idle_wait_s": idle_wait if idle_wait is not None else "restarted",
+        "sent": fleet.sent,
         "dropped": dropped, "late": fleet.late, "errors": fleet.errors,
         "send_lag_p99_ms": pct(fleet.send_lag_ms, 99),
         "saturation_vs_bare": round(served / max(reference, 1e-9), 3),
@@ -313,7 +357,8 @@ def main() -> None:
     lines = [[r["case"], r.get("p50_ms") or "", r.get("p99_ms") or "", r.get("answers") or "",
               r.get("msgs_per_s") or ""] for r in rows]
     write_results("service_fleet", f"A fleet of {args.sessions} robots in real time for "
-                  f"{args.seconds:g} s over loopback (bench/service_fleet.py): dropped "
+                  f"{args.seconds:g} s over loopback (bench/service_fleet.py), beliefs at "
+                  f"{detail.name}: dropped "
                   f"{dropped}, late {fleet.late}; saturation {served / max(reference, 1e-9):.0%}"
                   " of the bare gRPC stream", header, lines, rows, meta)
 

@@ -29,7 +29,7 @@ from clients.errors import (
 )
 from clients.messages import Message
 from clients.retry import RetryPolicy
-from clients.types import Ack, Action, Belief, ModelInfo, SensorSpec, SessionInfo
+from clients.types import Ack, Action, Belief, BeliefDetail, ModelInfo, SensorSpec, SessionInfo
 
 if TYPE_CHECKING:
     from clients.grpc_aio import AsyncEstimatorClient
@@ -53,6 +53,7 @@ __all__ = [
     "Action",
     "AsyncEstimatorClient",
     "Belief",
+    "BeliefDetail",
     "DeadlineExceededError",
     "EstimatorClient",
     "EstimatorError",

@@ -100,9 +100,12 @@ class AsyncEstimatorClient:
 
     async def send_message(self, session_id: str, sensor: str, timestamp: float, value: Any,
                            *, sequence: int = 0, return_belief: bool = False,
+                           belief_detail: types.BeliefDetail | None = None,
                            encoding: str | None = None, timeout: float | None = None
                            ) -> types.Ack:
-        msg = Message(session_id, sensor, timestamp, value, sequence, return_belief, encoding)
+        """``belief_detail``: what the belief of ``return_belief`` carries (None: FULL)."""
+        msg = Message(session_id, sensor, timestamp, value, sequence, return_belief, encoding,
+                      belief_detail)
         return await self._invoke(common.send_message(msg), timeout)
 
     async def stream_messages(self, messages: Iterable[Message] | AsyncIterable[Message], *,
@@ -145,8 +148,9 @@ class AsyncEstimatorClient:
         return await self._invoke(common.get_action(session_id, timestamp), timeout)
 
     async def get_belief(self, session_id: str, timestamp: float | None = None, *,
+                         detail: types.BeliefDetail | None = None,
                          timeout: float | None = None) -> types.Belief:
-        return await self._invoke(common.get_belief(session_id, timestamp), timeout)
+        return await self._invoke(common.get_belief(session_id, timestamp, detail), timeout)
 
     async def health(self, service: str = "", *, timeout: float | None = None) -> bool:
         from grpc_health.v1 import health_pb2_grpc

@@ -106,11 +106,14 @@ class EstimatorClient:
 
     def send_message(self, session_id: str, sensor: str, timestamp: float, value: Any, *,
                      sequence: int = 0, return_belief: bool = False,
+                     belief_detail: types.BeliefDetail | None = None,
                      encoding: str | None = None, timeout: float | None = None) -> types.Ack:
         """One sensor message: an image (uint8 HxWxC, sent as ``encoding`` png/jpeg/raw),
         encoded image bytes, or a vector. ``return_belief``: the ack carries the belief
-        at the message's tick."""
-        msg = Message(session_id, sensor, timestamp, value, sequence, return_belief, encoding)
+        at the message's tick; ``belief_detail``: what that belief carries (``BeliefDetail.LATENT``,
+        ``STATE`` or ``FULL``; None: FULL, the most expensive: pay only for what is used)."""
+        msg = Message(session_id, sensor, timestamp, value, sequence, return_belief, encoding,
+                      belief_detail)
         return self._invoke(common.send_message(msg), timeout)
 
     def stream_messages(self, messages: Iterable[Message], *, timeout: float | None = None,
@@ -145,8 +148,11 @@ class EstimatorClient:
         return self._invoke(common.get_action(session_id, timestamp), timeout)
 
     def get_belief(self, session_id: str, timestamp: float | None = None, *,
-                   timeout: float | None = None) -> types.Belief:
-        return self._invoke(common.get_belief(session_id, timestamp), timeout)
+                   detail: types.BeliefDetail | None = None, timeout: float | None = None
+                   ) -> types.Belief:
+        """The belief at ``timestamp`` (None: the newest tick) with what ``detail`` asks
+        for (None: FULL)."""
+        return self._invoke(common.get_belief(session_id, timestamp, detail), timeout)
 
     def health(self, service: str = "", *, timeout: float | None = None) -> bool:
         """True when the gRPC health service reports SERVING."""

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from clients import types
-from clients.messages import Message, to_pb
+from clients.messages import Message, detail_number, to_pb
 from proto import wire
 
 TOKEN_ENV = "VRKN_TOKEN"
@@ -100,8 +100,9 @@ def get_action(session_id: str, timestamp: float) -> Call:
             action_from_pb)
 
 
-def get_belief(session_id: str, timestamp: float | None) -> Call:
-    req = _pb().BeliefRequest(session_id=session_id)
+def get_belief(session_id: str, timestamp: float | None,
+               detail: wire.BeliefDetail | None = None) -> Call:
+    req = _pb().BeliefRequest(session_id=session_id, detail=detail_number(detail))
     if timestamp is not None:
         req.timestamp = float(timestamp)
     return "GetBelief", req, belief_from_pb

@@ -124,9 +124,11 @@ class HttpEstimatorClient:
 
     def send_message(self, session_id: str, sensor: str, timestamp: float, value: Any, *,
                      sequence: int = 0, return_belief: bool = False,
+                     belief_detail: types.BeliefDetail | None = None,
                      encoding: str | None = None, timeout: float | None = None) -> types.Ack:
+        """``belief_detail``: what the belief of ``return_belief`` carries (None: FULL)."""
         body = to_json(Message(session_id, sensor, timestamp, value, sequence, return_belief,
-                               encoding))
+                               encoding, belief_detail))
         return types.Ack.of(from_json(wire.Ack, self._request(
             "POST", f"/v1/sessions/{session_id}/messages", json=body, timeout=timeout)))
 
@@ -145,10 +147,14 @@ class HttpEstimatorClient:
             timeout=timeout))
 
     def get_belief(self, session_id: str, timestamp: float | None = None, *,
-                   timeout: float | None = None) -> types.Belief:
-        params = {"t": repr(float(timestamp))} if timestamp is not None else None
+                   detail: types.BeliefDetail | None = None, timeout: float | None = None
+                   ) -> types.Belief:
+        params = {"t": repr(float(timestamp))} if timestamp is not None else {}
+        if detail is not None:
+            params["detail"] = types.BeliefDetail.of(detail).json_name
         return from_json(types.Belief, self._request(
-            "GET", f"/v1/sessions/{session_id}/belief", params=params, timeout=timeout))
+            "GET", f"/v1/sessions/{session_id}/belief", params=params or None,
+            timeout=timeout))
 
     def health(self, *, timeout: float | None = None) -> bool:
         """True when ``/readyz`` answers 200 (models loaded, not shutting down)."""

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from proto.wire import BeliefDetail
+
 ENCODINGS = ("png", "jpeg", "raw")
 
 
@@ -28,6 +30,7 @@ class Message:
     sequence: int = 0
     return_belief: bool = False
     encoding: str | None = None  # images: png (default), jpeg or raw
+    belief_detail: BeliefDetail | None = None  # what the belief carries (None: FULL)
 
 
 def is_image(value: Any) -> bool:
@@ -59,13 +62,19 @@ def _vector(value: Any) -> np.ndarray:
     return np.asarray(value, np.float32).reshape(-1)
 
 
+def detail_number(detail: BeliefDetail | None) -> int:
+    """The proto number of a requested detail (None: unspecified, which is FULL)."""
+    return 0 if detail is None else int(BeliefDetail.of(detail))
+
+
 def to_pb(msg: Message) -> Any:
     """The ``vrkn.estimator.v1.SensorMessage`` of a message."""
     from proto.vrkn.estimator.v1 import estimator_pb2 as pb
 
     out = pb.SensorMessage(session_id=msg.session_id, sensor=msg.sensor,
                            timestamp=float(msg.timestamp), sequence=int(msg.sequence),
-                           return_belief=bool(msg.return_belief))
+                           return_belief=bool(msg.return_belief),
+                           belief_detail=detail_number(msg.belief_detail))
     value = msg.value
     if isinstance(value, bytes | bytearray | memoryview):
         out.encoded_image = bytes(value)
@@ -87,6 +96,8 @@ def to_json(msg: Message) -> dict:
     body: dict[str, Any] = {"sensor": msg.sensor, "timestamp": float(msg.timestamp),
                             "sequence": int(msg.sequence),
                             "return_belief": bool(msg.return_belief)}
+    if msg.belief_detail is not None:
+        body["belief_detail"] = BeliefDetail.of(msg.belief_detail).json_name
     value = msg.value
     if isinstance(value, bytes | bytearray | memoryview):
         body["image_base64"] = base64.b64encode(bytes(value)).decode()

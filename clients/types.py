@@ -10,10 +10,19 @@ from dataclasses import dataclass
 
 from clients.errors import EstimatorError, error_for
 from proto import wire
-from proto.wire import Z90, Action, Belief, ModelInfo, SensorSpec, SessionInfo, StateEstimate
+from proto.wire import (
+    Z90,
+    Action,
+    Belief,
+    BeliefDetail,
+    ModelInfo,
+    SensorSpec,
+    SessionInfo,
+    StateEstimate,
+)
 
-__all__ = ["Z90", "Ack", "Action", "Belief", "ModelInfo", "SensorSpec", "SessionInfo",
-           "StateEstimate", "pick_model"]
+__all__ = ["Z90", "Ack", "Action", "Belief", "BeliefDetail", "ModelInfo", "SensorSpec",
+           "SessionInfo", "StateEstimate", "pick_model"]
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ Annotations follow the vocabulary of ``proto.fields`` (``Floats``: a 1-D float32
 from __future__ import annotations
 
 import dataclasses
+import enum
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
@@ -21,6 +22,44 @@ import numpy as np
 from proto.fields import Float32, Floats
 
 Z90 = 1.6448536269514722  # half-width of a central 90% Gaussian interval, in std
+
+
+class BeliefDetail(enum.IntEnum):
+    """What a belief carries, as a request asks for it (the proto enum ``BeliefDetail``, the
+    same numbers; ``BELIEF_DETAIL_`` + the name there). Each level adds to the one before;
+    unspecified is FULL, which every belief carried before the levels existed. Over HTTP a
+    level is its lowercase name (``"latent"``)."""
+
+    UNSPECIFIED = 0
+    LATENT = 1  # the latent mean and variance, and the reward head on the mean
+    STATE = 2  # and the physical state estimate (a bundle with a state head)
+    FULL = 3  # and the decoded estimates of the vector sensors with their variance
+
+    @classmethod
+    def of(cls, value: int | None) -> BeliefDetail:
+        """The level a request asks for: UNSPECIFIED (or None) is FULL; ValueError for a
+        number that is no level (a proto3 enum field carries any number)."""
+        if value is None or value == cls.UNSPECIFIED:
+            return cls.FULL
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"belief detail {value!r} is not one of "
+                             f"{[d.name for d in cls if d]}") from None
+
+    @property
+    def state(self) -> bool:
+        """Whether a belief of this level carries the state estimate."""
+        return BeliefDetail.of(self) >= BeliefDetail.STATE
+
+    @property
+    def decoded(self) -> bool:
+        """Whether a belief of this level carries the decoded estimates."""
+        return BeliefDetail.of(self) >= BeliefDetail.FULL
+
+    @property
+    def json_name(self) -> str:
+        return self.name.lower()
 
 
 @dataclass(frozen=True)
@@ -122,9 +161,10 @@ class Belief:
     predicted: bool  # beyond the newest tick: predicted with the held action
     mean: Floats  # [L]
     var: Floats  # [L]
-    decoded: dict[str, Floats]  # decoded estimates in sensor units (vector sensors)
+    decoded: dict[str, Floats]  # decoded estimates in sensor units (vector sensors; FULL)
     reward: Float32  # the reward head on the belief mean
     state: StateEstimate | None = None  # the physical state; None without a state head
+    # or at BeliefDetail.LATENT
     decoded_var: dict[str, Floats] = field(default_factory=dict)  # their variances
 
 

@@ -17,9 +17,9 @@ from grpc_reflection.v1alpha import reflection
 from proto.pb_codec import to_pb
 from proto.vrkn.estimator.v1 import estimator_pb2 as pb
 from proto.vrkn.estimator.v1 import estimator_pb2_grpc as pb_grpc
-from proto.wire import Ack, Error, answer
+from proto.wire import Ack, BeliefDetail, Error, answer
 from server.auth import check_bearer
-from server.errors import ServiceError, Unauthenticated
+from server.errors import InvalidArgument, ServiceError, Unauthenticated
 from server.grpc_guard import Malformed, add_estimator, server_options
 from server.payloads import Payload
 from server.resources import model_infos
@@ -44,7 +44,16 @@ def message_in(req: pb.SensorMessage) -> SensorMessageIn:
     else:
         payload = Payload("none")
     return SensorMessageIn(req.session_id, req.sensor, req.timestamp, payload,
-                           req.return_belief)
+                           req.return_belief, detail_of(req.belief_detail))
+
+
+def detail_of(value: int) -> BeliefDetail:
+    """A request's ``BeliefDetail`` (unspecified: FULL); a number that is no level (an
+    open proto3 enum carries any) is INVALID_ARGUMENT."""
+    try:
+        return BeliefDetail.of(value)
+    except ValueError as e:
+        raise InvalidArgument(str(e), "bad_detail") from None
 
 
 def _status(e: ServiceError) -> grpc.StatusCode:
@@ -180,8 +189,10 @@ class EstimatorServicer(pb_grpc.EstimatorServicer):
 
     async def GetBelief(self, request, context):
         belief = await self._call(
-            "belief", context, self.service.belief, request.session_id,
-            request.timestamp if request.HasField("timestamp") else None)
+            "belief", context, lambda: self.service.belief(
+                request.session_id,
+                request.timestamp if request.HasField("timestamp") else None,
+                detail_of(request.detail)))
         return to_pb(belief.wire())
 
 

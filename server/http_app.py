@@ -18,16 +18,19 @@ from proto.wire import answer
 from server import http_guard
 from server.errors import ServiceError
 from server.http_schema import (
+    DETAIL_HELP,
     AckOut,
     ActionOut,
     ActionReportBody,
     ActionRequestBody,
     BeliefOut,
     CreateSessionBody,
+    DetailName,
     MessageBody,
     ModelOut,
     ResetBody,
     SessionOut,
+    detail_of,
     payload_of,
 )
 from server.resources import model_infos
@@ -100,7 +103,8 @@ def build_router() -> APIRouter:
                 service.metrics.refused.labels(e.reason).inc()
                 raise
             ack, belief = await service.send_message(SensorMessageIn(
-                session_id, body.sensor, body.timestamp, payload, body.return_belief), "http")
+                session_id, body.sensor, body.timestamp, payload, body.return_belief,
+                detail_of(body.belief_detail)), "http")
             return to_json(answer(ack, body.sequence, belief))
 
     @api.post("/sessions/{session_id}/actions", response_model=ActionOut)
@@ -116,9 +120,10 @@ def build_router() -> APIRouter:
     @api.get("/sessions/{session_id}/belief", response_model=BeliefOut)
     async def get_belief(session_id: str, service: Service,
                    t: Annotated[float | None, Query(description="time; omitted: the newest "
-                                                                "tick")] = None):
+                                                                "tick")] = None,
+                   detail: Annotated[DetailName | None, Query(description=DETAIL_HELP)] = None):
         with service.metrics.timed("belief", "http"):
-            return to_json((await service.belief(session_id, t)).wire())
+            return to_json((await service.belief(session_id, t, detail_of(detail))).wire())
 
     return api
 

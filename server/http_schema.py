@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import enum
 import functools
 from typing import Any
 
@@ -25,6 +26,18 @@ from server.payloads import Payload
 STRICT = ConfigDict(strict=True)  # no "0.1" or true for a number, no 1 for a boolean
 # A flat list of numbers, or nested lists of them (an H x W x C image).
 Numbers = TypeAliasType("Numbers", "list[int | float | Numbers]")
+
+
+# A belief's detail by its lowercase name (``proto.wire.BeliefDetail``, derived from it).
+DetailName = enum.Enum("BeliefDetailName", {d.json_name: d.json_name for d in wire.BeliefDetail
+                                            if d is not wire.BeliefDetail.UNSPECIFIED},
+                       type=str)
+DETAIL_HELP = ("what the belief carries: latent (mean, var, reward), state (and the state "
+               "estimate), full (and the decoded estimates with their variance; the default)")
+
+
+def detail_of(name: DetailName | None) -> wire.BeliefDetail:
+    return wire.BeliefDetail.FULL if name is None else wire.BeliefDetail[name.name.upper()]
 
 
 class RawArray(BaseModel):
@@ -44,6 +57,8 @@ class MessageBody(BaseModel):
                                                      "image (H x W x C, 0..255)")
     raw: RawArray | None = None
     return_belief: bool = Field(False, description="answer with the belief at this tick")
+    # not strict: the JSON string is the enum's value (strict would want an enum instance)
+    belief_detail: DetailName | None = Field(None, strict=False, description=DETAIL_HELP)
 
 
 class CreateSessionBody(BaseModel):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from proto.wire import BeliefDetail
 from server import engine, snapshot
 from server.batcher import Batcher, EncodeBatcher
 from server.errors import InvalidArgument, ResourceExhausted, ServiceError
@@ -36,6 +37,7 @@ from server.session import (
 )
 from server.settings import Settings
 from server.store import SessionStore, StoreConfig  # issue 14: a fleet's shared store
+from server.timeline import Pending
 
 log = logging.getLogger("server")
 
@@ -47,6 +49,7 @@ class SensorMessageIn:
     timestamp: float
     payload: Payload
     return_belief: bool = False
+    belief_detail: BeliefDetail = BeliefDetail.FULL  # what that belief carries
 
 
 class EstimatorService:
@@ -255,17 +258,22 @@ class EstimatorService:
 
     async def send_message(self, msg: SensorMessageIn, transport: str
                            ) -> tuple[Ack, BeliefView | None]:
+        """Record a sensor message; with ``return_belief``, answer the belief at its tick.
+        A vector message that wants its belief is encoded, recorded and answered in one
+        filter batch (one trip to a worker thread; ``_observe``); other messages are
+        encoded in their sensor's encoder batch, recorded here, then queried. Refusals
+        count in the session's ``refused`` where they are raised."""
         with self.counting():
             session, info = self.registry.prepare_observation(msg.session_id, msg.sensor,
                                                               msg.timestamp)
             generation = session.generation  # a reset while encoding refuses the message
-            try:
-                if session.pending >= self.registry.limits.max_pending_per_session:
-                    raise ResourceExhausted(
-                        f"session {session.id!r} has {session.pending} messages waiting "
-                        "for the encoder (the per-session limit); retry later",
-                        "session_queue_full")
-                session.pending += 1
+            if session.pending >= self.registry.limits.max_pending_per_session:
+                session.refused["session_queue_full"] += 1
+                raise ResourceExhausted(
+                    f"session {session.id!r} has {session.pending} messages waiting for the "
+                    "encoder (the per-session limit); retry later", "session_queue_full")
+            session.pending += 1
+            try:  # (plain try/except, not a context manager: this is every message's path)
                 try:
                     if msg.payload.kind == "encoded":  # PNG / JPEG: decoded in a worker
                         x = await asyncio.get_running_loop().run_in_executor(
@@ -273,23 +281,73 @@ class EstimatorService:
                             self.payload_limits)
                     else:
                         x = decode_payload(info, msg.payload, self.payload_limits)
-                    seq = session.next_seq()
+                except ServiceError as e:
+                    session.refused[e.reason] += 1
+                    raise
+                seq = session.next_seq()
+                # one such message per session at a time: it plans on the records
+                if msg.return_belief and info.kind == "vector" and not session.observing:
+                    return await self._observe(session, info.name, msg, x, seq, generation,
+                                               transport)
+                try:
                     w, var = await self.batchers[session.model.name, info.name].encode(x)
-                finally:
-                    session.pending -= 1
-                if not (np.isfinite(w).all() and np.isfinite(var).all()):
-                    raise InvalidArgument(f"sensor {info.name!r}: the encoder's output is not "
-                                          "finite (values far outside the training range?)",
-                                          "not_finite")
-            except ServiceError as e:
-                session.refused[e.reason] += 1
-                raise
+                    _check_encoded(info.name, w, var)
+                except ServiceError as e:
+                    session.refused[e.reason] += 1
+                    raise
+            finally:
+                session.pending -= 1
             ack = self.registry.record_observation(session, info.name, msg.timestamp, seq, w,
                                                    var, generation)
             self.metrics.messages.labels(info.name, transport).inc()
-            belief = await self._belief(msg.session_id, msg.timestamp) if msg.return_belief \
-                else None
+            belief = await self._belief(msg.session_id, msg.timestamp, msg.belief_detail) \
+                if msg.return_belief else None
             return ack, belief
+
+    async def _observe(self, session: Session, sensor: str, msg: SensorMessageIn,
+                       x: np.ndarray, seq: int, generation: int, transport: str
+                       ) -> tuple[Ack, BeliefView]:
+        """The message's encoder, its recording and its belief in one filter batch
+        (``engine.ObserveJob``; ``record`` runs here, on the loop, when the batch is done).
+        The job runs to its end even if the caller goes away (the message is then recorded
+        as if answered), and the session takes its next such message only after it."""
+        counted: list[Exception] = []  # refusals record_observation counted itself
+
+        def record(w: np.ndarray, var: np.ndarray) -> Ack:
+            _check_encoded(sensor, w, var)
+            try:
+                ack = self.registry.record_observation(session, sensor, msg.timestamp, seq,
+                                                       w, var, generation)
+            except Exception as e:
+                counted.append(e)
+                raise
+            self.metrics.messages.labels(sensor, transport).inc()
+            return ack
+
+        try:
+            pending = Pending(sensor, session.timeline.locate(msg.timestamp), msg.timestamp,
+                              seq)
+            fut = self.engines[session.model.name].submit(engine.ObserveJob(
+                session.timeline, pending, x[None], record, msg.belief_detail))
+        except ServiceError as e:
+            session.refused[e.reason] += 1
+            raise
+        session.observing = True
+
+        def done(f: asyncio.Future) -> None:
+            session.observing = False
+            if not f.cancelled():
+                f.exception()  # retrieved: a caller that went away is no error to log
+
+        fut.add_done_callback(done)
+        try:
+            observed = await asyncio.shield(fut)
+        except ServiceError as e:  # not finite, no longer in the window, batch failed, ...
+            if not any(e is c for c in counted):
+                session.refused[e.reason] += 1
+            raise
+        return observed.ack, self.registry.belief_view(session, msg.timestamp,
+                                                       observed.estimate)
 
     def report_action(self, session_id: str, timestamp: float, values) -> ActionView:
         with self.counting():
@@ -302,12 +360,21 @@ class EstimatorService:
             policy = await self._run(session, engine.ActJob(session.timeline, tick))
             return self.registry.record_policy(session, timestamp, policy)
 
-    async def belief(self, session_id: str, timestamp: float | None = None) -> BeliefView:
-        """The belief, computed in the model's filter batch (off the loop)."""
+    async def belief(self, session_id: str, timestamp: float | None = None,
+                     detail: BeliefDetail = BeliefDetail.FULL) -> BeliefView:
+        """The belief (with what ``detail`` asks for), computed in the model's filter batch
+        (off the loop)."""
         with self.counting():
-            return await self._belief(session_id, timestamp)
+            return await self._belief(session_id, timestamp, detail)
 
-    async def _belief(self, session_id: str, timestamp: float | None) -> BeliefView:
+    async def _belief(self, session_id: str, timestamp: float | None,
+                      detail: BeliefDetail) -> BeliefView:
         session, tick = self.registry.locate_query(session_id, timestamp)
-        est = await self._run(session, engine.BeliefJob(session.timeline, tick))
+        est = await self._run(session, engine.BeliefJob(session.timeline, tick, detail))
         return self.registry.belief_view(session, timestamp, est)
+
+
+def _check_encoded(sensor: str, w: np.ndarray, var: np.ndarray) -> None:
+    if not (np.isfinite(w).all() and np.isfinite(var).all()):
+        raise InvalidArgument(f"sensor {sensor!r}: the encoder's output is not finite "
+                              "(values far outside the training range?)", "not_finite")

@@ -21,7 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
-from proto.wire import Ack, ActionView, BeliefView, SessionInfo
+from proto.wire import Ack, ActionView, BeliefDetail, BeliefView, SessionInfo
 from server import engine
 from server.errors import (
     Aborted,
@@ -57,6 +57,7 @@ class Session:
     last_active: float  # registry clock (monotonic)
     seq_next: int = 0  # arrival numbers (ties between equal timestamps: later wins)
     pending: int = 0  # messages waiting for an encoder
+    observing: bool = False  # a message is in a filter batch (encoded and recorded there)
     accepted: Counter = field(default_factory=Counter)  # sensor -> messages accepted
     refused: Counter = field(default_factory=Counter)  # reason -> messages refused
     superseded: int = 0  # accepted but replaced by a later message of the same tick
@@ -327,10 +328,12 @@ class SessionRegistry:
                                       [engine.ActJob(session.timeline, tick)])
         return self.record_policy(session, timestamp, policy)
 
-    def belief(self, session_id: str, timestamp: float | None = None) -> BeliefView:
+    def belief(self, session_id: str, timestamp: float | None = None,
+               detail: BeliefDetail = BeliefDetail.FULL) -> BeliefView:
         """The belief at ``timestamp`` (its tick), or at the newest tick; predicted forward
-        from the newest tick when later. Changes nothing but the lazy replay."""
+        from the newest tick when later, with what ``detail`` asks for. Changes nothing but
+        the lazy replay."""
         session, tick = self.locate_query(session_id, timestamp)
         (est,) = engine.run_inline(session.model.engine,
-                                   [engine.BeliefJob(session.timeline, tick)])
+                                   [engine.BeliefJob(session.timeline, tick, detail)])
         return self.belief_view(session, timestamp, est)

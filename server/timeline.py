@@ -117,10 +117,36 @@ class Replay:
     edits: int
     head: int
     known: dict[int, Belief]
+    # (step, sensor index): that step also applies the pending observation's update
+    pending: tuple[int, int] | None = None
+
+    def with_update(self, w: np.ndarray, var: np.ndarray) -> Chain:
+        """The chain with the pending observation's encoder outputs ``[1, L]`` in place."""
+        if self.pending is None:
+            return self.chain
+        at, sensor = self.pending
+        steps = list(self.chain.steps)
+        step = steps[at]
+        updates = sorted((*step.updates, Update(sensor, w, var)), key=lambda u: u.sensor)
+        steps[at] = Step(step.action, tuple(updates))
+        return Chain(self.chain.prior, tuple(steps))
 
     def belief(self, tick: int, results: list[Belief]) -> Belief:
         """The belief at ``tick`` from ``results`` (``run_chains`` of ``chain``)."""
         return self.known[tick] if tick < self.start else results[tick - self.start]
+
+
+class Pending(NamedTuple):
+    """An observation not recorded yet (``Timeline.plan``): its sensor, the tick it lands
+    in (``locate``), its timestamp and arrival number."""
+
+    sensor: str
+    tick: int
+    timestamp: float
+    seq: int
+
+
+_EMPTY = TickRecord(-1)  # a tick the pending observation would create: nothing recorded
 
 
 class Timeline:
@@ -280,30 +306,48 @@ class Timeline:
     def _applied(self, tick: int) -> np.ndarray:
         return self.default_action if tick < 0 else self.records[tick].applied
 
-    def plan(self, ticks: list[int]) -> Replay:
+    def plan(self, ticks: list[int], pending: Pending | None = None) -> Replay:
         """What to compute to answer beliefs at ``ticks`` (each from ``locate``, or 0): the
         stale ticks up to the newest of them (prediction with the action applied over the
         previous tick, then the tick's observations in sensor order), then predictions
         beyond the newest tick with the held action (not stored: the timeline does not
-        change but for the lazy replay)."""
+        change but for the lazy replay).
+
+        ``pending``: plan as if that observation were inserted (its encoder outputs are not
+        known yet: ``Replay.pending`` says which step gets its update). Nothing changes
+        here; the caller inserts it later and commits only if the insert went as planned
+        (``commit``'s checks refuse what changed meanwhile)."""
+        head, valid = self.head, self.valid_upto
+        order = {name: i for i, name in enumerate(self.layout.sensors)}
+        if pending is not None:
+            rec = self.records.get(pending.tick)
+            old = None if rec is None else rec.observations.get(pending.sensor)
+            if old is not None and (pending.timestamp, pending.seq) < (old.timestamp, old.seq):
+                pending = None  # it would not be applied: the tick keeps the later one
+            else:
+                head, valid = max(head, pending.tick), min(valid, pending.tick - 1)
         upto = max(ticks)
-        start = self.valid_upto + 1
+        start = valid + 1
         prior = None if start == 0 else self.records[start - 1].belief
         held = self._applied(start - 1)
-        order = {name: i for i, name in enumerate(self.layout.sensors)}
-        steps = []
-        for k in range(start, min(upto, self.head) + 1):
-            rec = self.records[k]
+        steps, at = [], None
+        for k in range(start, min(upto, head) + 1):
+            rec = self.records.get(k) or _EMPTY
+            observed = rec.observations.items()
+            if pending is not None and k == pending.tick:
+                at = len(steps)
+                observed = [(n, o) for n, o in observed if n != pending.sensor]
             updates = tuple(Update(order[n], o.w, o.var) for n, o in
-                            sorted(rec.observations.items(), key=lambda item: order[item[0]]))
+                            sorted(observed, key=lambda item: order[item[0]]))
             steps.append(Step(None if k == 0 else held, updates))
             if rec.action is not None:
                 held = rec.action.value
         stored = len(steps)
-        for k in range(max(start, self.head + 1), upto + 1):
+        for k in range(max(start, head + 1), upto + 1):
             steps.append(Step(None if k == 0 else held))
         known = {k: self.records[k].belief for k in ticks if k < start}
-        return Replay(start, Chain(prior, tuple(steps)), stored, self.edits, self.head, known)
+        slot = None if at is None else (at, order[pending.sensor])
+        return Replay(start, Chain(prior, tuple(steps)), stored, self.edits, head, known, slot)
 
     def commit(self, replay: Replay, results: list[Belief]) -> None:
         """Store the computed beliefs of ``replay`` for the ticks whose inputs have not

@@ -154,6 +154,7 @@ SCALARS = {
     FD.TYPE_UINT64: st.integers(0, 2**64 - 1),
     FD.TYPE_INT64: st.integers(-(2**63), 2**63 - 1),
     FD.TYPE_BOOL: st.booleans(),
+    FD.TYPE_ENUM: st.integers(-(2**31), 2**31 - 1),  # open enums: any int32 parses
 }
 WIRE_JUNK = st.one_of(st.binary(min_size=1, max_size=40), st.sampled_from(
     [b"\x0a\x02\xff\xfe", b"\x12\x03\xed\xa0\x80", b"\x0a\x80", b"\x0d\x00", b"\xff" * 10,
@@ -217,4 +218,5 @@ def fields(desc, prefix=()):
 GRPC_SWEEP = {FD.TYPE_DOUBLE: [float("nan"), float("inf"), 1e307, -1.79e308],
               FD.TYPE_FLOAT: [float("nan"), 3e38], FD.TYPE_STRING: ["", "x" * 16384, "\x00"],
               FD.TYPE_BYTES: [png_header(20000, 20000), PNG[:60], b"\xff"],
-              FD.TYPE_UINT64: [2**64 - 1], FD.TYPE_INT64: [-(2**63)], FD.TYPE_BOOL: [True]}
+              FD.TYPE_UINT64: [2**64 - 1], FD.TYPE_INT64: [-(2**63)], FD.TYPE_BOOL: [True],
+              FD.TYPE_ENUM: [-(2**31), 4, 2**31 - 1]}
