@@ -13,6 +13,7 @@ random-policy line; ``--compare`` adds another run trained alike) beside the car
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from pathlib import Path
 
@@ -63,13 +64,59 @@ def estimation_section(estimation: dict, key: str) -> list[str]:
     return out
 
 
+def ratio_history(rows: list[dict]) -> str:
+    """Updates per collected episode over the run, from the logged update counter."""
+    train = [r for r in rows if "train/updates" in r]
+    parts: list[tuple[int, int]] = []  # (first env step, updates per episode)
+    for prev, cur in itertools.pairwise(train):
+        episodes = cur["train/episodes"] - prev["train/episodes"]
+        if episodes <= 0:
+            continue
+        per = round((cur["train/updates"] - prev["train/updates"]) / episodes)
+        if not parts or parts[-1][1] != per:
+            parts.append((prev["step"], per))
+    return "; ".join(f"{per} updates per episode from env step {step:,}"
+                     for step, per in parts) or "n/a"
+
+
+def hidden_cov90(state: dict) -> list[float]:
+    return [state["cov90"][i] for i, n in enumerate(state["names"])
+            if n not in state["measured"]]
+
+
+def coverage_limits(estimation: dict, key: str, closed_state: dict) -> list[str]:
+    """The calibration limits, with the figures of the two evaluations."""
+    r = estimation["results"].get(key)
+    if r is None:
+        return []
+    inproc = r["estimation"]["model"]
+    inproc_cov = hidden_cov90({"cov90": inproc["all"]["cov90"], "names": inproc["names"],
+                               "measured": inproc["measured"]})
+    served = hidden_cov90(closed_state)
+    out = [f"- Camera latency costs calibration: in process with every frame on time the "
+           f"hidden elements' 90% intervals cover {min(inproc_cov):.0%}-{max(inproc_cov):.0%}"
+           f"; through the service with camera latency the real-time belief of each tick "
+           f"(before its late frames arrive) covers {min(served):.0%}-{max(served):.0%}."]
+    withheld = r["estimation"].get("camera withheld")
+    if withheld is not None:
+        cov = hidden_cov90({"cov90": withheld["all"]["cov90"], "names": withheld["names"],
+                            "measured": withheld["measured"]})
+        out.append(f"- With the camera withheld entirely the hidden elements' 90% intervals "
+                   f"cover {min(cov):.0%}-{max(cov):.0%}: the learned transition noise is "
+                   "small, so the variance grows too slowly in gaps longer than training's "
+                   "4-8 ticks.")
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--bundle", type=Path, required=True)
-    p.add_argument("--command", required=True, help="the exact training command")
-    p.add_argument("--commit", required=True, help="the code commit the run started from")
+    p.add_argument("--command", required=True, action="append",
+                   help="the exact training command; repeat for each resume, in order")
+    p.add_argument("--commit", required=True, action="append",
+                   help="the code commit each --command ran at, in the same order")
     p.add_argument("--closed-loop", type=Path, required=True)
     p.add_argument("--estimation", type=Path, required=True)
     p.add_argument("--compare", type=Path, help="a run trained alike (e.g. the RSSM)")
@@ -77,6 +124,9 @@ def main() -> int:
                    help="mean return of random actions (from the closed-loop results)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
+    if len(args.command) != len(args.commit):
+        p.error(f"{len(args.command)} --command but {len(args.commit)} --commit: give one "
+                "commit per command")
 
     rows = read_metrics(args.run)
     last = [r for r in rows if "train/updates" in r][-1]
@@ -86,10 +136,13 @@ def main() -> int:
     closed = json.loads(args.closed_loop.read_text())["rows"][0]
     estimation = json.loads(args.estimation.read_text())
     curve = args.out.with_name(args.out.stem + "-curve.png")
-    runs = {f"{manifest['training_config']['model']} (shipped)": args.run}
+    runs = {f"{manifest['training_config']['model']} (shipped, {last['train/updates']:,} "
+            "updates)": args.run}
     if args.compare:
         cfg = json.loads((args.compare / "config.json").read_text())
-        runs[f"{cfg['model']} (same settings and budget)"] = args.compare
+        other = [r for r in read_metrics(args.compare) if "train/updates" in r][-1]
+        runs[f"{cfg['model']} (same settings, {other['train/updates']:,} updates)"] = \
+            args.compare
     plot_curves(runs, args.random_return, curve)
     ret, rnd = closed["return"], closed["random_return"]
     st = closed["state"]
@@ -104,15 +157,16 @@ def main() -> int:
         "",
         "## Training",
         "",
-        f"- command: `{args.command}`",
-        f"- code: commit `{args.commit}` (the run's start); exported at "
-        f"`{manifest['code_version'][:12]}`",
+        *[f"- {'command' if i == 0 else 'then resumed'}: `{c}` (code at commit `{k}`)"
+          for i, (c, k) in enumerate(zip(args.command, args.commit, strict=True))],
+        f"- replay ratio: {ratio_history(rows)}",
+        f"- exported at commit `{manifest['code_version'][:12]}`",
         f"- environment steps: {manifest['training_config']['env_steps']:,}; world-model "
         f"updates: {last['train/updates']:,} (batch "
         f"{manifest['training_config']['replay']['batch']}x"
         f"{manifest['training_config']['replay']['length']}); wall time "
-        f"{last['time/minutes']:.0f} min of training (evaluations included), alongside an "
-        "RSSM run of the same settings on the other core",
+        f"{last['time/minutes']:.0f} min of training (evaluations included; other jobs "
+        "shared the 2 cores)",
         f"- final training evaluation: return {evals[-1]['eval/return']:.1f} (5 episodes); "
         f"best {max(r['eval/return'] for r in evals):.1f}",
         "",
@@ -151,16 +205,12 @@ def main() -> int:
               "64x64 camera 0); other tasks, frame rates or cameras are out of distribution.",
               "- The state head is a probe (the world model's objective is the paper's); its "
               "variance is diagonal (cos and sin of the pole angle are estimated separately).",
-              "- Camera latency costs calibration: in process with every frame on time the "
-              "hidden elements' 90% intervals cover 86-96% (table above), through the service "
-              "with 20-250 ms latency the real-time belief of each tick (before its late "
-              "frames arrive) covers 70-78% for the pole. With the camera withheld entirely "
-              "the pole's intervals cover about a third: the learned transition noise is "
-              "small, so the variance grows too slowly in gaps longer than training's 4-8 "
-              "ticks.",
-              "- The policy does not swing up and balance (return about 240 of 1000; "
-              "DreamerV1 reaches 678 at 500k steps from pixels): 11.5k updates of batch "
-              "32x32 in 100 min on one core.",
+              *coverage_limits(estimation, f"VRKN {task}", st),
+              f"- Return {ret['mean']:.0f} of 1000 (DreamerV1 reaches 678 at 500k steps "
+              f"from pixels): {last['train/updates']:,} updates of batch "
+              f"{manifest['training_config']['replay']['batch']}x"
+              f"{manifest['training_config']['replay']['length']} in "
+              f"{last['time/minutes']:.0f} min on a shared 2-core CPU.",
               ""]
     args.out.write_text("\n".join(lines))
     print(f"wrote {args.out} and {curve}")
