@@ -312,7 +312,16 @@ def encoder_batches(url: str) -> dict[str, float]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    if "--replicas" in sys.argv[1:]:  # the fleet figures: bench/service_replicas.py
+        import service_replicas
+
+        sys.argv = [sys.argv[0]] + [a for a in sys.argv[1:] if a != "--replicas"]
+        service_replicas.main()
+        return
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                epilog="--replicas: 1 and 2 replicas behind HAProxy, the "
+                                "balancer's added latency and failover time (the options of "
+                                "bench/service_replicas.py)")
     p.add_argument("--bundle", type=Path, help="default: export an untrained default-size VRKN")
     p.add_argument("--messages", type=int, default=2000, help="per single-session case")
     p.add_argument("--per-session", type=int, default=60, help="per session, 64 sessions")

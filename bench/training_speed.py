@@ -40,6 +40,19 @@ LEVERS: dict[str, dict[str, object]] = {
                                       "perf.channels_last": True},
     "malloc + compile conv": {"perf.malloc": True, "perf.compile_conv": True},
     "malloc + bf16 + 2 threads": {"perf.malloc": True, "perf.bf16": True, "threads": 2},
+    "malloc + bf16 every world-model net": {"perf.malloc": True, "perf.bf16_model": True},
+    "malloc + bf16 world model + actor-critic": {"perf.malloc": True, "perf.bf16_model": True,
+                                                 "perf.bf16_actor_critic": True},
+    # Levers that change what one update learns from (not at equal work): their cost only.
+    "malloc + bf16 / batch 16x32": {"perf.malloc": True, "perf.bf16": True, "replay.batch": 16},
+    "malloc + bf16 / sequence 32x16": {"perf.malloc": True, "perf.bf16": True,
+                                      "replay.length": 16},
+    "malloc + bf16 / 128 imagination starts": {"perf.malloc": True, "perf.bf16": True,
+                                              "dreamer.imag_starts": 128},
+    "malloc + bf16 / nets hidden 64": {"perf.malloc": True, "perf.bf16": True,
+                                      "wm": {"hidden": 64, "vector.hidden": 64,
+                                             "reward.hidden": 64},
+                                      "dreamer.hidden": 64},
 }
 
 
@@ -69,7 +82,7 @@ def child(preset: str, overrides: dict, updates: int) -> dict:
     from estimator.batch import image_sensor, vector_sensor
     from estimator.state_head import StateHead
     from training.loop import default_model_factory, make_agent
-    from training.perf import apply_conv_speed, tune_malloc
+    from training.perf import apply_speed, tune_malloc
     from training.presets import resolve
 
     overrides = dict(overrides)
@@ -94,8 +107,7 @@ def child(preset: str, overrides: dict, updates: int) -> dict:
     agent = make_agent(config, model)
     agent.attach_state_head(StateHead(model.feature_dim, tuple(f"s{i}" for i in range(5)),
                                       config.state))
-    apply_conv_speed(model, config.perf.bf16, config.perf.channels_last,
-                     config.perf.compile_conv)
+    apply_speed(model, agent.actor_critic(), config.perf)
     data = synthetic_batch(config.replay.batch, config.replay.length)
     state = torch.as_tensor(data.pop("state"))
     batch = model.to_batch(data)
@@ -117,13 +129,15 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=8, help="timed updates per process")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds")
     parser.add_argument("--preset", default="cpu")
-    parser.add_argument("--levers", default="", help="comma-separated subset (default all)")
+    parser.add_argument("--levers", default="",
+                        help="semicolon-separated subset (default all); the baseline is the "
+                        "first selected in the order of LEVERS")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.preset, json.loads(args.child), args.updates)))
         return
-    names = [n for n in LEVERS if not args.levers or n in args.levers.split(",")]
+    names = [n for n in LEVERS if not args.levers or n in args.levers.split(";")]
     load = os.getloadavg()
     times: dict[str, list[float]] = {n: [] for n in names}
     loads: dict[str, list[float]] = {n: [] for n in names}
