@@ -235,6 +235,7 @@ async def http_many(url: str, kind: str, sessions: int, per_session: int,
         lat = []
         for i in range(per_session):
             body = ({"sensor": "proprio", "timestamp": i * PERIOD, "return_belief": True,
+                     "belief_detail": DETAIL.name.lower(),
                      "values": rng.standard_normal(P).tolist()} if kind == "proprio" else
                     {"sensor": "image", "timestamp": i * PERIOD + 0.001,
                      "image_base64": b64[i % len(b64)]})
