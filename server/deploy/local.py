@@ -77,6 +77,19 @@ class Replica:
         return f"127.0.0.1:{self.grpc_port}"
 
 
+MARKER = ".vrkn-fleet"  # in every folder a Fleet writes to
+
+
+def claim_folder(folder: Path) -> None:
+    """Use ``folder`` only if it is new, empty or an earlier fleet's (its files are
+    replaced: logs, ready files, the balancer's config); refuse anything else."""
+    if folder.exists() and any(folder.iterdir()) and not (folder / MARKER).is_file():
+        raise RuntimeError(f"{folder} is not empty and holds no {MARKER}: not a fleet folder, "
+                           "refusing to write into it")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MARKER).write_text("written by server.deploy.local; its files may be replaced\n")
+
+
 class Fleet:
     """``with Fleet(folder, replicas=2) as fleet:`` starts everything, stops it on exit."""
 
@@ -115,7 +128,7 @@ class Fleet:
         self.stop()
 
     def start(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        claim_folder(self.folder)
         self.start_redis()
         for i in range(self.count):
             self.replicas.append(self.start_replica(f"r{i}"))
@@ -210,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
               "haproxy)", file=sys.stderr)
         return 2
     folder = args.folder or Path(tempfile.mkdtemp(prefix="vrkn-fleet-"))
+    try:
+        claim_folder(folder)
+    except RuntimeError as e:
+        print(f"error: --folder {e}", file=sys.stderr)
+        return 2
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     with Fleet(folder, args.replicas, tuple(args.server_args), store_flags=()) as fleet:
