@@ -88,6 +88,15 @@ def plan_retry(policy: RetryPolicy, deadline: Deadline, attempt: int, error: Est
     return pause
 
 
+def time_left(deadline: Deadline, number: int, what: str) -> float | None:
+    """The seconds attempt ``number`` may take (None: no deadline); DeadlineExceeded when
+    none are left."""
+    left = deadline.remaining()
+    if left is not None and left <= 0:
+        raise DeadlineExceededError(f"{what}: deadline reached before attempt {number}")
+    return left
+
+
 def call_with_retry(policy: RetryPolicy, timeout: float | None, what: str,
                     attempt: Callable[[float | None], T]) -> T:
     """``attempt(seconds_left)`` until it answers: one deadline of ``timeout`` seconds for
@@ -97,9 +106,7 @@ def call_with_retry(policy: RetryPolicy, timeout: float | None, what: str,
     number = 0
     while True:
         number += 1
-        left = deadline.remaining()
-        if left is not None and left <= 0:
-            raise DeadlineExceededError(f"{what}: deadline reached before attempt {number}")
+        left = time_left(deadline, number, what)
         try:
             return attempt(left)
         except EstimatorError as error:
@@ -114,9 +121,7 @@ async def call_with_retry_async(policy: RetryPolicy, timeout: float | None, what
     number = 0
     while True:
         number += 1
-        left = deadline.remaining()
-        if left is not None and left <= 0:
-            raise DeadlineExceededError(f"{what}: deadline reached before attempt {number}")
+        left = time_left(deadline, number, what)
         try:
             return await attempt(left)
         except EstimatorError as error:

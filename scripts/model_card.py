@@ -120,8 +120,6 @@ def main() -> int:
     p.add_argument("--closed-loop", type=Path, required=True)
     p.add_argument("--estimation", type=Path, required=True)
     p.add_argument("--compare", type=Path, help="a run trained alike (e.g. the RSSM)")
-    p.add_argument("--random-return", type=float, required=True,
-                   help="mean return of random actions (from the closed-loop results)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     if len(args.command) != len(args.commit):
@@ -143,8 +141,8 @@ def main() -> int:
         other = [r for r in read_metrics(args.compare) if "train/updates" in r][-1]
         runs[f"{cfg['model']} (same settings, {other['train/updates']:,} updates)"] = \
             args.compare
-    plot_curves(runs, args.random_return, curve)
     ret, rnd = closed["return"], closed["random_return"]
+    plot_curves(runs, rnd["mean"], curve)
     st = closed["state"]
     lines = [
         f"# Model card: {args.bundle.name}",
