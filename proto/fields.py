@@ -7,6 +7,10 @@ The vocabulary, and the proto field each annotation stands for:
 - ``str``, ``bool``, ``int`` (int32/int64/uint64), ``float`` (double), ``Float32`` (float);
 - ``Floats``: ``repeated float``, a 1-D float32 array (a map value: ``FloatVector``);
 - ``tuple[X, ...]``: ``repeated X``; ``dict[str, X]``: ``map<string, X>``;
+- an ``enum.IntEnum`` (e.g. ``proto.wire.BeliefDetail``): the proto enum of the same
+  numbers, its value names the IntEnum's prefixed (``BELIEF_DETAIL_LATENT``); in JSON the
+  member's lowercase name. A number or name this side does not know (a newer peer's) reads
+  as the zero member, as proto3 wants of open enums;
 - a wire dataclass: that message; ``X | None``: a field with presence (proto3
   ``optional`` scalars and every message field).
 """
@@ -34,6 +38,7 @@ class Kind(enum.Enum):
     LIST = "list"
     MAP = "map"
     MESSAGE = "message"
+    ENUM = "enum"
 
 
 class _Marker(enum.Enum):
@@ -60,7 +65,7 @@ class Shape:
     kind: Kind
     optional: bool = False  # `X | None`: the field has presence; None when unset
     item: Shape | None = None  # LIST: the element; MAP: the value
-    cls: type | None = None  # MESSAGE: the wire dataclass
+    cls: type | None = None  # MESSAGE: the wire dataclass; ENUM: the IntEnum
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,10 @@ def _shape(hint: Any, path: str) -> Shape:
         return Shape(Kind.MAP, item=_shape(args[1], f"{path}{{}}"))
     if hint in _SCALARS:
         return Shape(_SCALARS[hint])
+    if isinstance(hint, type) and issubclass(hint, enum.IntEnum):
+        if 0 not in {m.value for m in hint}:
+            raise SchemaError(f"{path}: {hint.__name__} has no zero member (proto3 needs one)")
+        return Shape(Kind.ENUM, cls=hint)
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
         return Shape(Kind.MESSAGE, cls=hint)
     raise SchemaError(f"{path}: {hint} is not a wire type (see proto.fields)")
@@ -131,7 +140,17 @@ def zero(shape: Shape) -> Any:
         return np.zeros(0, np.float32)
     if shape.kind is Kind.MAP:
         return {}
+    if shape.kind is Kind.ENUM:
+        return shape.cls(0)
     return _ZEROS[shape.kind]
+
+
+def enum_member(shape: Shape, value: int) -> enum.IntEnum:
+    """The member of an ENUM field's number; an unknown number is the zero member."""
+    try:
+        return shape.cls(value)
+    except ValueError:
+        return shape.cls(0)
 
 
 def floats(value: Any, path: str) -> np.ndarray:

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from proto.fields import Kind, Shape, WireError, floats, wire_fields, zero
+from proto.fields import Kind, Shape, WireError, enum_member, floats, wire_fields, zero
 
 T = TypeVar("T")
 Decoder = Callable[[Any, str], Any]
@@ -27,6 +27,8 @@ def _encoder(shape: Shape, path: str) -> Callable[[Any], Any]:
         encode = lambda v: float(np.float32(v))  # noqa: E731
     elif k is Kind.MESSAGE:
         encode = to_json
+    elif k is Kind.ENUM:
+        encode = lambda v: shape.cls(v).name.lower()  # noqa: E731
     elif k is Kind.LIST:
         item = _encoder(shape.item, path)
         encode = lambda v: [item(x) for x in v]  # noqa: E731
@@ -98,6 +100,13 @@ def _decoder(shape: Shape) -> Decoder:
     elif k is Kind.MESSAGE:
         cls = shape.cls
         decode = lambda v, path: _decode(cls, v, path)  # noqa: E731
+    elif k is Kind.ENUM:
+        names = {m.name.lower(): m.value for m in shape.cls}
+
+        def decode(v: Any, path: str) -> Any:
+            if not isinstance(v, str):
+                raise _type_error(path, f"one of {sorted(names)}", v)
+            return enum_member(shape, names.get(v, 0))
     elif k is Kind.LIST:
         item = _decoder(shape.item)
 

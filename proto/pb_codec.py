@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 import numpy as np
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from proto.fields import Kind, SchemaError, Shape, WireError, WireField, floats, wire_fields
+from proto.fields import (Kind, SchemaError, Shape, WireError, WireField, enum_member, floats,
+                          wire_fields)
 from proto.vrkn.estimator.v1 import estimator_pb2 as pb
 
 T = TypeVar("T")
@@ -48,6 +49,16 @@ def _check_value(f: WireField, shape: Shape, fd: FieldDescriptor, repeated: bool
                 raise _mismatch(f, fd, "a Floats map value travels as FloatVector")
         elif fd.type != _FD.TYPE_FLOAT or not fd.is_repeated:
             raise _mismatch(f, fd, "Floats is `repeated float`")
+    elif shape.kind is Kind.ENUM:
+        if fd.enum_type is None:
+            raise _mismatch(f, fd, f"expected enum {shape.cls.__name__}")
+        ours = {m.value: m.name for m in shape.cls}
+        theirs = {v.number: v.name for v in fd.enum_type.values}
+        prefix = "".join("_" + c if c.isupper() and i else c
+                         for i, c in enumerate(shape.cls.__name__)).upper() + "_"
+        if {n: prefix + name for n, name in ours.items()} != theirs:
+            raise _mismatch(f, fd, f"enum {shape.cls.__name__} {ours} vs proto "
+                                   f"{fd.enum_type.full_name} {theirs}")
     elif shape.kind is Kind.MESSAGE:
         if fd.message_type is None or fd.message_type is not message_class(shape.cls).DESCRIPTOR:
             raise _mismatch(f, fd, f"expected message {shape.cls.PROTO}")
@@ -117,6 +128,8 @@ def _encoder(shape: Shape, path: str) -> Encoder:
         return _float_list(path)
     if k is Kind.MESSAGE:
         return to_pb
+    if k is Kind.ENUM:
+        return int
     if k is Kind.LIST:
         item = _encoder(shape.item, path)
         return list if item is None else (lambda v: [item(x) for x in v])
@@ -190,6 +203,8 @@ def _decoder(shape: Shape) -> Callable[[Any], Any]:
         return _f32
     if k is Kind.MESSAGE:
         return functools.partial(from_pb, shape.cls)
+    if k is Kind.ENUM:
+        return functools.partial(enum_member, shape)
     if k is Kind.LIST:
         item = _decoder(shape.item)
         return lambda v: tuple(item(x) for x in v)

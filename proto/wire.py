@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol
+from typing import ClassVar
 
 import numpy as np
 
@@ -166,6 +166,7 @@ class Belief:
     state: StateEstimate | None = None  # the physical state; None without a state head
     # or at BeliefDetail.LATENT
     decoded_var: dict[str, Floats] = field(default_factory=dict)  # their variances
+    detail: BeliefDetail = BeliefDetail.UNSPECIFIED  # the level carried (as asked for)
 
 
 @dataclass(frozen=True)
@@ -218,50 +219,7 @@ RESOURCES: tuple[type, ...] = (SensorSpec, ModelInfo, SessionInfo, StateEstimate
 ActionView = Action
 
 
-class Estimate(Protocol):
-    """A mean and a variance (``server.runtime.uncertainty.StateEstimate``)."""
-
-    @property
-    def mean(self) -> np.ndarray: ...
-
-    @property
-    def var(self) -> np.ndarray: ...
-
-
-@dataclass(frozen=True)
-class BeliefView:
-    """A belief as the session computes it: estimates as (mean, variance) pairs, the state
-    without its names. ``wire()`` is its one mapping onto ``Belief``; the fields they
-    share are copied by name."""
-
-    session_id: str
-    timestamp: float | None  # the time asked for (None: the newest tick)
-    tick: int
-    newest_tick: int
-    predicted: bool  # True: predicted beyond the newest tick (nothing observed there)
-    mean: np.ndarray  # [L]
-    var: np.ndarray  # [L]
-    decoded: dict[str, Estimate]  # vector sensors: mean and variance [P]
-    reward: float
-    state_names: tuple[str, ...] = ()
-    state: Estimate | None = None  # physical state [S]; None without a state head
-
-    def wire(self) -> Belief:
-        shared = {name: getattr(self, name) for name in _SHARED_WITH_BELIEF}
-        state = None if self.state is None else StateEstimate(
-            tuple(self.state_names), self.state.mean, self.state.var)
-        return Belief(**shared, state=state,
-                      decoded={k: e.mean for k, e in self.decoded.items()},
-                      decoded_var={k: e.var for k, e in self.decoded.items()})
-
-
-_SHARED_WITH_BELIEF = tuple(f.name for f in dataclasses.fields(Belief)
-                            if f.name in {v.name for v in dataclasses.fields(BeliefView)}
-                            and f.name not in ("decoded", "state"))
-
-
-def answer(ack: Ack, sequence: int, belief: BeliefView | None) -> Ack:
+def answer(ack: Ack, sequence: int, belief: Belief | None) -> Ack:
     """A message's ack as sent: the client's ``sequence`` echoed, with the belief it asked
     for (both transports)."""
-    return dataclasses.replace(ack, sequence=sequence,
-                               belief=None if belief is None else belief.wire())
+    return dataclasses.replace(ack, sequence=sequence, belief=belief)

@@ -93,6 +93,7 @@ class Estimate:
     decoded: dict[str, StateEstimate]  # [P] each
     reward: float
     state: StateEstimate | None  # [S]
+    detail: BeliefDetail = BeliefDetail.FULL  # what the job asked for (what is computed)
 
 
 @dataclass(frozen=True)
@@ -241,7 +242,8 @@ def compute(engine: OnlineFilter, work: Prepared) -> Computed:
                                       for n, d in decoded.items()},
                 float(reward[r]),
                 None if s is None or state is None else StateEstimate(state.mean[s],
-                                                                      state.var[s]))
+                                                                      state.var[s]),
+                work.jobs[i].detail)
     if acting:
         units = engine.act(np.concatenate([beliefs[i].mean for i in acting]))
         for r, i in enumerate(acting):

@@ -120,8 +120,9 @@ class EstimatorServicer(pb_grpc.EstimatorServicer):
     async def _stream_ack(self, req: pb.SensorMessage | Malformed) -> pb.Ack:
         if isinstance(req, Malformed):  # nothing to echo: sequence, session unknown
             self.metrics.refused.labels("bad_request").inc()
-            return to_pb(Ack("", "", 0.0, 0, False, 0, error=Error(
-                "INVALID_ARGUMENT", "bad_request", req.message)))
+            return to_pb(Ack(session_id="", sensor="", timestamp=0.0, tick=0, applied=False,
+                             newest_tick=0, error=Error("INVALID_ARGUMENT", "bad_request",
+                                                        req.message)))
         with self.metrics.timed("stream_message", "grpc"):
             try:
                 ack, belief = await self.service.send_message(message_in(req), "grpc")
@@ -133,7 +134,8 @@ class EstimatorServicer(pb_grpc.EstimatorServicer):
                 self.metrics.refused.labels("internal").inc()
                 error = Error("INTERNAL", "internal",
                               f"internal error (logged by the server): {e}"[:300])
-            return to_pb(Ack(req.session_id, req.sensor, req.timestamp, 0, False, 0,
+            return to_pb(Ack(session_id=req.session_id, sensor=req.sensor,
+                             timestamp=req.timestamp, tick=0, applied=False, newest_tick=0,
                              sequence=req.sequence, error=error))
 
     async def StreamMessages(self, request_iterator, context):
@@ -193,7 +195,7 @@ class EstimatorServicer(pb_grpc.EstimatorServicer):
                 request.session_id,
                 request.timestamp if request.HasField("timestamp") else None,
                 detail_of(request.detail)))
-        return to_pb(belief.wire())
+        return to_pb(belief)
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):

@@ -12,7 +12,7 @@ import base64
 import binascii
 import enum
 import functools
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from typing_extensions import TypeAliasType
@@ -121,6 +121,8 @@ def _annotation(shape: Shape) -> Any:
         t: Any = list[float]
     elif k is Kind.MESSAGE:
         t = response_model(shape.cls)
+    elif k is Kind.ENUM:
+        t = Literal[tuple(m.name.lower() for m in shape.cls)]
     elif k is Kind.LIST:
         t = list[_annotation(shape.item)]
     elif k is Kind.MAP:

@@ -29,7 +29,7 @@ from server.payloads import Payload, PayloadLimits, decode_payload
 from server.session import (
     Ack,
     ActionView,
-    BeliefView,
+    Belief,
     Limits,
     Session,
     SessionInfo,
@@ -97,7 +97,8 @@ class EstimatorService:
                     max_batch=s.batch_max if image else s.engine_batch_max,
                     window_s=(s.batch_window_ms if image else s.engine_window_ms) / 1000,
                     max_queue=s.max_queue, observe=self.metrics.batch_observer(name),
-                    adaptive=s.batch_window_adaptive)
+                    adaptive=s.batch_window_adaptive, inline_s=s.inline_ms / 1000,
+                    inline_share=s.inline_share)
                 b.start()
                 self.batchers[model.name, info.name] = b
             name = f"{model.name}/filter"
@@ -105,7 +106,8 @@ class EstimatorService:
                         model.engine), engine.finish, max_batch=s.engine_batch_max,
                         window_s=s.engine_window_ms / 1000, max_queue=s.max_queue,
                         observe=self.metrics.batch_observer(name),
-                        adaptive=s.batch_window_adaptive)
+                        adaptive=s.batch_window_adaptive, inline_s=s.inline_ms / 1000,
+                        inline_share=s.inline_share)
             f.start()
             self.engines[model.name] = f
         if s.snapshot_path is not None and Path(s.snapshot_path).is_file():
@@ -228,6 +230,9 @@ class EstimatorService:
             fut = self.engines[session.model.name].submit(engine.SettleJob(tl))
         except ServiceError:  # full or stopping: the records stay until the next query
             return
+        if fut.done():  # ran on the loop (inline): nothing to wait for
+            fut.cancelled() or fut.exception()
+            return
         self._settling.add(id(tl))
         fut.add_done_callback(lambda f: (self._settling.discard(id(tl)),
                                          f.cancelled() or f.exception()))
@@ -257,7 +262,7 @@ class EstimatorService:
             self.registry.close(session_id)
 
     async def send_message(self, msg: SensorMessageIn, transport: str
-                           ) -> tuple[Ack, BeliefView | None]:
+                           ) -> tuple[Ack, Belief | None]:
         """Record a sensor message; with ``return_belief``, answer the belief at its tick.
         A vector message that wants its belief is encoded, recorded and answered in one
         filter batch (one trip to a worker thread; ``_observe``); other messages are
@@ -306,7 +311,7 @@ class EstimatorService:
 
     async def _observe(self, session: Session, sensor: str, msg: SensorMessageIn,
                        x: np.ndarray, seq: int, generation: int, transport: str
-                       ) -> tuple[Ack, BeliefView]:
+                       ) -> tuple[Ack, Belief]:
         """The message's encoder, its recording and its belief in one filter batch
         (``engine.ObserveJob``; ``record`` runs here, on the loop, when the batch is done).
         The job runs to its end even if the caller goes away (the message is then recorded
@@ -332,14 +337,15 @@ class EstimatorService:
         except ServiceError as e:
             session.refused[e.reason] += 1
             raise
-        session.observing = True
+        if not fut.done():  # (done already: the batch ran on the loop, inline)
+            session.observing = True
 
-        def done(f: asyncio.Future) -> None:
-            session.observing = False
-            if not f.cancelled():
-                f.exception()  # retrieved: a caller that went away is no error to log
+            def done(f: asyncio.Future) -> None:
+                session.observing = False
+                if not f.cancelled():
+                    f.exception()  # retrieved: a caller that went away is no error to log
 
-        fut.add_done_callback(done)
+            fut.add_done_callback(done)
         try:
             observed = await asyncio.shield(fut)
         except ServiceError as e:  # not finite, no longer in the window, batch failed, ...
@@ -361,14 +367,14 @@ class EstimatorService:
             return self.registry.record_policy(session, timestamp, policy)
 
     async def belief(self, session_id: str, timestamp: float | None = None,
-                     detail: BeliefDetail = BeliefDetail.FULL) -> BeliefView:
+                     detail: BeliefDetail = BeliefDetail.FULL) -> Belief:
         """The belief (with what ``detail`` asks for), computed in the model's filter batch
         (off the loop)."""
         with self.counting():
             return await self._belief(session_id, timestamp, detail)
 
     async def _belief(self, session_id: str, timestamp: float | None,
-                      detail: BeliefDetail) -> BeliefView:
+                      detail: BeliefDetail) -> Belief:
         session, tick = self.registry.locate_query(session_id, timestamp)
         est = await self._run(session, engine.BeliefJob(session.timeline, tick, detail))
         return self.registry.belief_view(session, timestamp, est)

@@ -21,7 +21,8 @@ from typing import Protocol
 
 import numpy as np
 
-from proto.wire import Ack, ActionView, BeliefDetail, BeliefView, SessionInfo
+from proto import wire
+from proto.wire import Ack, ActionView, Belief, BeliefDetail, SessionInfo
 from server import engine
 from server.errors import (
     Aborted,
@@ -188,10 +189,12 @@ class SessionRegistry:
         s = self.get(session_id)
         tl = s.timeline
         return SessionInfo(
-            s.id, s.model.name, tl.period, s.window_s, tl.t0, tl.head,
-            tl.tick_start(tl.head) if tl.head >= 0 else None, dict(s.accepted),
-            dict(s.refused), s.superseded, s.actions, tl.replayed_ticks,
-            self.clock() - s.last_active, s.created)
+            session_id=s.id, model=s.model.name, control_period_s=tl.period,
+            history_window_s=s.window_s, start_time=tl.t0, newest_tick=tl.head,
+            newest_time=tl.tick_start(tl.head) if tl.head >= 0 else None,
+            accepted=dict(s.accepted), refused=dict(s.refused), superseded=s.superseded,
+            actions=s.actions, replayed_ticks=tl.replayed_ticks,
+            idle_s=self.clock() - s.last_active, created=s.created)
 
     def settle(self, session: Session) -> None:
         """Compute the beliefs of the ticks leaving the window (so their records can go)."""
@@ -239,7 +242,8 @@ class SessionRegistry:
         session.accepted[sensor] += 1
         session.superseded += not applied
         self._recorded(session)
-        return Ack(session.id, sensor, float(timestamp), tick, applied, session.timeline.head)
+        return Ack(session_id=session.id, sensor=sensor, timestamp=float(timestamp), tick=tick,
+                   applied=applied, newest_tick=session.timeline.head)
 
     # -- actions --------------------------------------------------------------------------
     def _action_values(self, session: Session, values) -> np.ndarray:
@@ -313,11 +317,15 @@ class SessionRegistry:
 
     @staticmethod
     def belief_view(session: Session, timestamp: float | None, est: engine.Estimate
-                    ) -> BeliefView:
-        m = session.model
-        return BeliefView(session.id, timestamp, est.tick, est.head, est.predicted,
-                          est.belief.mean[0], est.belief.var[0], est.decoded, est.reward,
-                          m.state_names, est.state)
+                    ) -> Belief:
+        state = None if est.state is None else wire.StateEstimate(
+            tuple(session.model.state_names), est.state.mean, est.state.var)
+        return Belief(session_id=session.id, timestamp=timestamp, tick=est.tick,
+                      newest_tick=est.head, predicted=est.predicted,
+                      mean=est.belief.mean[0], var=est.belief.var[0],
+                      decoded={k: e.mean for k, e in est.decoded.items()},
+                      decoded_var={k: e.var for k, e in est.decoded.items()},
+                      reward=est.reward, state=state, detail=est.detail)
 
     def policy_action(self, session_id: str, timestamp: float) -> ActionView:
         """The policy's action on the belief at ``timestamp`` (the actor's mode on the belief
@@ -329,7 +337,7 @@ class SessionRegistry:
         return self.record_policy(session, timestamp, policy)
 
     def belief(self, session_id: str, timestamp: float | None = None,
-               detail: BeliefDetail = BeliefDetail.FULL) -> BeliefView:
+               detail: BeliefDetail = BeliefDetail.FULL) -> Belief:
         """The belief at ``timestamp`` (its tick), or at the newest tick; predicted forward
         from the newest tick when later, with what ``detail`` asks for. Changes nothing but
         the lazy replay."""

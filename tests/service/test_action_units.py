@@ -280,7 +280,9 @@ def test_export_refuses_features_the_runtime_does_not_honour(tmp_path):
     assert not (tmp_path / "b").exists()
 
 
-def test_batched_service_converts_actions_at_the_one_boundary(bounded_models, bounded):
+@pytest.mark.parametrize("inline_ms", [0.0, 0.5], ids=["worker", "inline"])
+def test_batched_service_converts_actions_at_the_one_boundary(bounded_models, bounded,
+                                                              inline_ms):
     """Several sessions of a [-2, 2] x [0, 10] bundle through the service at once (policy
     actions batched in one actor call): the answers are in bundle units and equal the
     registry's one at a time; the timelines hold the unit actions."""
@@ -316,7 +318,7 @@ def test_batched_service_converts_actions_at_the_one_boundary(bounded_models, bo
         return sid, got
 
     async def main():
-        service = EstimatorService(bounded_models, Settings())
+        service = EstimatorService(bounded_models, Settings(inline_ms=inline_ms))
         await service.start()
         try:
             out = await asyncio.gather(*(robot(service, j) for j in range(5)))
@@ -326,7 +328,8 @@ def test_batched_service_converts_actions_at_the_one_boundary(bounded_models, bo
             await service.stop()
 
     got, tl, filt = asyncio.run(main())
-    assert filt.items > filt.batches  # some actions were computed together
+    if inline_ms == 0:
+        assert filt.items > filt.batches  # some actions were computed together
     np.testing.assert_allclose(np.array(got), np.array(want), atol=1e-6, rtol=0)
     for a in got:
         assert np.all(a >= np.float32(LOW)) and np.all(a <= np.float32(HIGH))

@@ -191,7 +191,10 @@ def test_bad_message_gets_its_status_and_changes_nothing(stub, busy_session, cas
     assert _state(stub, sid) == before
     # The stream answers the same refusal in an ack and goes on.
     good = message(sid, ("obs", "proprio", 29 * PERIOD + 0.01, np.zeros(3, np.float32)), 2)
-    acks = list(stub.StreamMessages(iter([msg, good]), metadata=AUTH))
+    # (an image message runs concurrently with the stream's others: acks match by sequence)
+    acks = sorted(stub.StreamMessages(iter([msg, good]), metadata=AUTH),
+                  key=lambda a: a.sequence)
+    assert [a.sequence for a in acks] == [msg.sequence, 2]
     assert [a.error.code for a in acks] == [code, ""]
     assert re.search(pattern, acks[0].error.message)
 

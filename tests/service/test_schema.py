@@ -7,6 +7,7 @@ clients: ``tests/clients/test_schema_roundtrip.py``."""
 from __future__ import annotations
 
 import dataclasses
+import enum
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -17,6 +18,7 @@ from proto import wire
 from proto.fields import Float32, Floats, SchemaError, WireError, wire_fields
 from proto.json_codec import from_json, to_json
 from proto.pb_codec import check, from_pb, message_class, to_pb
+from proto.vrkn.estimator.v1 import estimator_pb2 as pb
 from tests.service.wire_samples import assert_identical, finite, sample
 
 
@@ -59,10 +61,25 @@ class _NoPresence:  # start_time is proto3 optional: `float | None`
     start_time: float
 
 
+class BeliefDetail(enum.IntEnum):  # the proto enum's name, one level short
+    UNSPECIFIED = 0
+    LATENT = 1
+    STATE = 2
+
+
+@dataclass(frozen=True)
+class _EnumDrift:
+    PROTO: ClassVar[str] = "BeliefRequest"
+    session_id: str
+    timestamp: float | None
+    detail: BeliefDetail
+
+
 @pytest.mark.parametrize("cls, match", [
     (_Missing, r"Action has fields \['recorded'\]"), (_Extra, r"_Extra.comment: proto"),
     (_WrongPrecision, r"_WrongPrecision.var: does not match"),
-    (_NoPresence, r"_NoPresence.start_time: .*presence")])
+    (_NoPresence, r"_NoPresence.start_time: .*presence"),
+    (_EnumDrift, r"_EnumDrift.detail: does not match .*BELIEF_DETAIL_FULL")])
 def test_drift_between_dataclass_and_proto_fails_naming_the_field(cls, match):
     with pytest.raises(SchemaError, match=match):
         check(cls)
@@ -77,6 +94,20 @@ def test_annotations_outside_the_vocabulary_are_refused():
 
     with pytest.raises(SchemaError, match=r"Bad.when: only `X \| None`"):
         wire_fields(Bad)
+
+
+def test_an_enum_value_a_peer_does_not_know_reads_as_unspecified():
+    b = wire.Belief("s", None, 1, 1, False, np.zeros(2, np.float32), np.ones(2, np.float32),
+                    {}, 0.5, detail=wire.BeliefDetail.LATENT)
+    assert to_json(b)["detail"] == "latent"
+    assert from_json(wire.Belief, {**to_json(b), "detail": "someday"}).detail is \
+        wire.BeliefDetail.UNSPECIFIED
+    message = to_pb(b)
+    assert message.detail == pb.BELIEF_DETAIL_LATENT
+    message.detail = 7  # an open proto3 enum carries any number
+    assert from_pb(wire.Belief, message).detail is wire.BeliefDetail.UNSPECIFIED
+    with pytest.raises(WireError, match=r"Belief.detail: expected one of"):
+        from_json(wire.Belief, {**to_json(b), "detail": 2})
 
 
 # -- round trips ---------------------------------------------------------------------------
@@ -152,20 +183,10 @@ def test_json_errors_name_the_field_and_missing_keys_take_proto_defaults():
                                     values=np.zeros((2, 2))))
 
 
-def test_a_session_belief_view_maps_onto_the_wire_belief():
-    from server.runtime.uncertainty import StateEstimate
-
+def test_an_answer_echoes_the_sequence_and_carries_the_belief():
     rng = np.random.default_rng(6)
-    f = lambda n: finite(rng, np.float32, n)  # noqa: E731
-    view = wire.BeliefView("s1", None, 4, 7, True, f(5), f(5),
-                           {"proprio": StateEstimate(f(3), f(3))}, 0.25, ("x", "y"),
-                           StateEstimate(f(2), f(2)))
-    b = view.wire()
-    assert_identical(b, wire.Belief(
-        "s1", None, 4, 7, True, view.mean, view.var, {"proprio": view.decoded["proprio"].mean},
-        0.25, wire.StateEstimate(("x", "y"), view.state.mean, view.state.var),
-        {"proprio": view.decoded["proprio"].var}))
-    assert wire.BeliefView("s1", 0.5, 0, 0, False, f(1), f(1), {}, 0.0).wire().state is None
-    ack = wire.answer(wire.Ack("s1", "proprio", 0.2, 4, True, 7), 99, view)
+    b = sample(wire.Belief, rng)
+    ack = wire.answer(wire.Ack("s1", "proprio", 0.2, 4, True, 7), 99, b)
     assert ack.sequence == 99 and ack.timestamp == 0.2
     assert_identical(ack.belief, b)
+    assert wire.answer(ack, 3, None).belief is None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from proto.wire import BeliefDetail
 from server.errors import InvalidArgument, NotFound, OutOfRange, ResourceExhausted
 from server.runtime import OnlineFilter, Reading
 from server.session import Limits, SessionRegistry
@@ -67,13 +68,13 @@ def test_beliefs_equal_the_offline_filter(models, model):
     # Decoded sensors and the physical state: the offline runtime's estimates, exactly.
     offline = OnlineFilter(model.bundle)
     decoded = offline.decoded("proprio", expected[29])
-    np.testing.assert_allclose(b.decoded["proprio"].mean, decoded.mean[0], atol=ATOL)
-    np.testing.assert_allclose(b.decoded["proprio"].var, decoded.var[0], atol=ATOL)
+    np.testing.assert_allclose(b.decoded["proprio"], decoded.mean[0], atol=ATOL)
+    np.testing.assert_allclose(b.decoded_var["proprio"], decoded.var[0], atol=ATOL)
     state = offline.state(expected[29])
-    assert b.state_names == STATE_NAMES
+    assert b.state.names == STATE_NAMES and b.detail is BeliefDetail.FULL
     np.testing.assert_allclose(b.state.mean, state.mean[0], atol=ATOL)
     np.testing.assert_allclose(b.state.var, state.var[0], atol=ATOL)
-    assert (b.state.var > 0).all() and (b.decoded["proprio"].var > 0).all()
+    assert (b.state.var > 0).all() and (b.decoded_var["proprio"] > 0).all()
     assert b.reward == pytest.approx(float(model.bundle.reward(expected[29].mean)[0]), abs=ATOL)
 
 

@@ -48,6 +48,8 @@ def _value(shape: Shape, fd: FieldDescriptor, rng: np.random.Generator) -> Any:
         return finite(rng, np.float32, int(rng.integers(0, 6)))
     if k is Kind.MESSAGE:
         return sample(shape.cls, rng)
+    if k is Kind.ENUM:
+        return list(shape.cls)[int(rng.integers(len(shape.cls)))]
     n = int(rng.integers(0, 4))
     if k is Kind.LIST:
         return tuple(_value(shape.item, fd, rng) for _ in range(n))

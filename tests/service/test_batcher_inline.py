@@ -1,0 +1,138 @@
+"""The batcher's inline path (server/batcher.py): a cheap batch runs on the event loop, an
+expensive one or one beyond the loop's share goes to the worker thread, and work submitted
+while a batch finishes waits for its end. Exact comparisons (no tolerance: the same
+function computes both ways)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from server.batcher import Batcher
+
+
+def _batcher(executor, compute, finish=None, **kw) -> Batcher:
+    return Batcher("test", executor, list, compute,
+                   finish or (lambda work, out: out), **kw)
+
+
+def _squares(work: list[int]) -> list[tuple[int, str]]:
+    return [(x * x, threading.current_thread().name) for x in work]
+
+
+def _run(coro):
+    return asyncio.run(coro)
+
+
+def test_a_cheap_lone_batch_runs_on_the_loop_after_one_measured_in_the_worker():
+    async def main():
+        with ThreadPoolExecutor(1, thread_name_prefix="worker") as ex:
+            b = _batcher(ex, _squares, inline_s=1.0)  # 1 s: anything is cheap
+            b.start()
+            first = await b.run(3)  # the mean is unknown: the worker measures it
+            later = [await b.run(x) for x in range(4)]
+            await b.stop()
+            return first, later, b.inline_batches, b.batches
+
+    first, later, inline, batches = _run(main())
+    assert first == (9, first[1]) and first[1].startswith("worker")
+    assert [v for v, _ in later] == [0, 1, 4, 9]
+    assert all(name == threading.main_thread().name for _, name in later)
+    assert (inline, batches) == (4, 5)
+
+
+@pytest.mark.parametrize("kw", [dict(inline_s=0.0), dict(inline_s=1.0, inline_share=0.0),
+                                dict(inline_s=1e-6)])
+def test_no_budget_no_share_or_a_costly_batch_stays_in_the_worker(kw):
+    def slow(work):
+        time.sleep(0.002)  # 2 ms: above 1e-6 s
+        return _squares(work)
+
+    async def main():
+        with ThreadPoolExecutor(1, thread_name_prefix="worker") as ex:
+            b = _batcher(ex, slow, **kw)
+            b.start()
+            out = [await b.run(x) for x in range(5)]
+            await b.stop()
+            return out, b.inline_batches
+
+    out, inline = _run(main())
+    assert inline == 0
+    assert [v for v, _ in out] == [0, 1, 4, 9, 16]
+    assert all(name.startswith("worker") for _, name in out)
+
+
+def test_inline_time_beyond_the_share_sends_batches_back_to_the_worker():
+    def busy(work):  # 5 ms of loop time per batch: 25% of a second after 50 batches
+        end = time.perf_counter() + 0.005
+        while time.perf_counter() < end:
+            pass
+        return _squares(work)
+
+    async def main():
+        with ThreadPoolExecutor(1, thread_name_prefix="worker") as ex:
+            b = _batcher(ex, busy, inline_s=1.0, inline_share=0.1)
+            b.start()
+            out = [await b.run(x) for x in range(60)]
+            await b.stop()
+            return out, b.inline_batches
+
+    out, inline = _run(main())
+    # 0.1 s of the last second at most: about 20-25 of the 5-ms batches ran inline (the
+    # share decays while the worker runs), not 59
+    assert 10 <= inline <= 35, inline
+    assert sum(name.startswith("worker") for _, name in out) == 60 - inline
+
+
+def test_work_submitted_while_a_batch_finishes_runs_after_it():
+    order: list[str] = []
+
+    async def main():
+        with ThreadPoolExecutor(1) as ex:
+            b: Batcher
+
+            def finish(work, out):
+                order.append(f"finish {work}")
+                if work == [1]:  # e.g. a settle job queued by a recorded message
+                    b.submit(2).add_done_callback(lambda f: order.append("second done"))
+                order.append(f"finish {work} ends")
+                return out
+
+            b = _batcher(ex, _squares, finish, inline_s=1.0)
+            b.start()
+            await b.run(0)  # measured in the worker; then inline
+            await b.run(1)
+            await asyncio.sleep(0.01)
+            await b.stop()
+
+    _run(main())
+    assert order[:5] == ["finish [0]", "finish [0] ends", "finish [1]", "finish [1] ends",
+                         "finish [2]"]
+
+
+def test_a_failing_inline_batch_fails_its_callers_and_the_batcher_goes_on():
+    calls = []
+
+    def flaky(work):
+        calls.append(work)
+        if work == [7]:
+            raise RuntimeError("boom")
+        return _squares(work)
+
+    async def main():
+        with ThreadPoolExecutor(1) as ex:
+            b = _batcher(ex, flaky, inline_s=1.0)
+            b.start()
+            await b.run(1)
+            with pytest.raises(Exception, match="boom"):
+                await b.run(7)
+            after = await b.run(3)
+            await b.stop()
+            return after, b.inline_batches
+
+    after, inline = _run(main())
+    assert after[0] == 9 and inline == 1 and calls == [[1], [7], [3]]
