@@ -13,8 +13,16 @@ from typing import Any, TypeVar
 import numpy as np
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from proto.fields import (Kind, SchemaError, Shape, WireError, WireField, enum_member, floats,
-                          wire_fields)
+from proto.fields import (
+    Kind,
+    SchemaError,
+    Shape,
+    WireError,
+    WireField,
+    enum_member,
+    floats,
+    wire_fields,
+)
 from proto.vrkn.estimator.v1 import estimator_pb2 as pb
 
 T = TypeVar("T")

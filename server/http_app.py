@@ -123,7 +123,7 @@ def build_router() -> APIRouter:
                                                                 "tick")] = None,
                    detail: Annotated[DetailName | None, Query(description=DETAIL_HELP)] = None):
         with service.metrics.timed("belief", "http"):
-            return to_json((await service.belief(session_id, t, detail_of(detail))))
+            return to_json(await service.belief(session_id, t, detail_of(detail)))
 
     return api
 

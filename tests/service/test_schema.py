@@ -19,7 +19,7 @@ from proto.fields import Float32, Floats, SchemaError, WireError, wire_fields
 from proto.json_codec import from_json, to_json
 from proto.pb_codec import check, from_pb, message_class, to_pb
 from proto.vrkn.estimator.v1 import estimator_pb2 as pb
-from tests.service.wire_samples import assert_identical, finite, sample
+from tests.service.wire_samples import assert_identical, sample
 
 
 # -- the dataclasses are the proto messages -----------------------------------------------
