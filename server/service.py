@@ -347,7 +347,8 @@ class EstimatorService:
 
             fut.add_done_callback(done)
         try:
-            observed = await asyncio.shield(fut)
+            # (shielded: the job runs to its end if the caller goes; done: nothing to wait)
+            observed = fut.result() if fut.done() else await asyncio.shield(fut)
         except ServiceError as e:  # not finite, no longer in the window, batch failed, ...
             if not any(e is c for c in counted):
                 session.refused[e.reason] += 1

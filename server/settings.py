@@ -60,7 +60,7 @@ class Settings(BaseSettings):
                                     "batches form under load)")
     batch_window_adaptive: bool = Field(False, description="wait for a window only after a "
                                         "batch of several items (a lone robot never waits)")
-    inline_ms: float = Field(0.5, ge=0, description="run a batch on the event loop when "
+    inline_ms: float = Field(1.0, ge=0, description="run a batch on the event loop when "
                              "its predicted compute is at most this (cheaper than the two "
                              "thread hops; 0: always in a worker) ...")
     inline_share: float = Field(0.25, ge=0, le=1, description="... and the loop's recent "
