@@ -232,7 +232,8 @@ def test_fused_messages_answer_what_the_registry_answers(models, seed, inline_ms
 
 def test_a_fused_message_refused_when_recorded_leaves_the_session_as_it_was(models):
     async def main():
-        service = EstimatorService(models, Settings())
+        # in the worker: the race needs a batch that is computing (inline ones cannot race)
+        service = EstimatorService(models, Settings(inline_ms=0))
         await service.start()
         try:
             sid = service.create_session(start_time=0.0).id
@@ -299,7 +300,8 @@ def test_a_message_recorded_while_a_fused_one_computes_is_not_lost(models, model
         return without, reg.belief(session.id, 0.06)
 
     async def main():
-        service = EstimatorService(models, Settings())
+        # in the worker: the race needs a batch that is computing (inline ones cannot race)
+        service = EstimatorService(models, Settings(inline_ms=0))
         await service.start()
         try:
             sid = service.create_session(start_time=0.0).id
@@ -332,7 +334,8 @@ def test_a_fused_message_whose_tick_left_the_window_before_its_batch_is_refused(
     x = np.zeros((1, PROPRIO), np.float32)
 
     async def main():
-        service = EstimatorService(models, Settings())
+        # in the worker: queued behind a running batch (inline ones never queue)
+        service = EstimatorService(models, Settings(inline_ms=0))
         await service.start()
         try:
             reg = service.registry
