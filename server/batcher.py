@@ -2,24 +2,25 @@
 work of a model (``server.engine``).
 
 Work of every session queues in a ``Batcher``. When nothing runs, the queue is taken at
-once (up to ``max_batch``): ``prepare`` on the event loop, ``compute`` in a worker thread
+the end of the loop iteration that queued it (up to ``max_batch``; what else that
+iteration queues joins): ``prepare`` on the event loop, ``compute`` in a worker thread
 (ONNX Runtime releases the GIL, so the loop keeps receiving), ``finish`` back on the loop.
 What arrives meanwhile forms the next batch, so batches grow with the load by themselves
 and a lone request never waits. ``window_s`` > 0 also holds each batch that long for more
 work (unless ``max_batch`` items wait already); with ``adaptive`` only after a batch of
 several items, a sign of load, so that a single robot still runs at once.
 
-A batch whose compute is cheaper than the two thread hops it would take runs on the loop
-instead (a lone robot's belief: about 0.1–0.2 ms of ONNX and numpy against about 0.3 ms
-of hand-offs: the worker's wake-up, the loop's wake-up, the GIL), when
+A lone robot's batch runs on the loop instead, since its compute is cheaper than the two
+thread hops (a proprio belief: about 0.2–0.4 ms of ONNX and numpy against about 0.3 ms of
+hand-offs: the worker's wake-up, the loop's, the GIL), when
 
-- its predicted compute (the running mean time per item, times its size) is at most
-  ``inline_s``, and
+- it is one item, and so was the batch before (several at once: load, where batches in
+  the worker pay off; computing one at a time on the loop would stop them forming),
+- the running mean compute time of one-item batches is at most ``inline_s``, and
 - the loop's recent time in such batches (decaying over ``INLINE_TAU_S``) stays under
-  ``inline_share``: under load the work goes back to the worker thread, where batches
-  form while one runs, and the loop keeps to I/O.
+  ``inline_share``, so that the loop keeps to I/O.
 
-Any batch while the mean is unknown also goes to the worker.
+A one-item batch while that mean is unknown goes to the worker (and measures it).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class Batcher(Generic[Item, Work, Out]):
                  finish: Callable[[Work, Out], Sequence[Any]], max_batch: int = 64,
                  window_s: float = 0.0, max_queue: int = 1024,
                  observe: Callable[[int, float], None] | None = None, adaptive: bool = False,
-                 inline_s: float = 0.0, inline_share: float = 0.25):
+                 inline_s: float = 0.0, inline_share: float = 0.5):
         if max_batch < 1 or max_queue < 1 or window_s < 0 or inline_s < 0 or \
                 not 0 <= inline_share <= 1:
             raise ValueError("batcher: max_batch and max_queue must be positive, the window "
@@ -58,15 +59,14 @@ class Batcher(Generic[Item, Work, Out]):
         self._prepare, self._compute, self._finish = prepare, compute, finish
         self.max_batch, self.window_s, self.max_queue = max_batch, window_s, max_queue
         self.adaptive, self.inline_s, self.inline_share = adaptive, inline_s, inline_share
-        self._per_item: float | None = None  # running mean compute seconds per item
+        self._single: float | None = None  # running mean compute seconds, one-item batches
         self._inline_busy, self._inline_at = 0.0, 0.0  # decayed seconds inline; when
         self._observe = observe  # (batch size, seconds of compute) after each batch
         self._queue: deque[tuple[Item, asyncio.Future]] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running: asyncio.Future | None = None  # the batch in the worker thread
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None  # the launch to come (call_soon/later)
         self._last_size = 0
-        self._finishing = False  # work submitted from inside finish waits for its end
         self.failure_reason = "batch_failed"
         self.batches = 0
         self.items = 0
@@ -94,6 +94,11 @@ class Batcher(Generic[Item, Work, Out]):
     def queued(self) -> int:
         return len(self._queue)
 
+    @property
+    def computing(self) -> bool:
+        """Whether a batch is in the worker thread now."""
+        return self._running is not None
+
     def submit(self, item: Item) -> asyncio.Future:
         """Queue ``item``; the future gets its answer (or the exception ``finish`` gave)."""
         if self._loop is None:
@@ -110,14 +115,13 @@ class Batcher(Generic[Item, Work, Out]):
         return await self.submit(item)
 
     def _kick(self) -> None:
-        if self._running is not None or self._timer is not None or self._finishing or \
-                not self._queue:
+        if self._running is not None or self._timer is not None or not self._queue:
             return
         loaded = self._last_size > 1 or not self.adaptive
         if self.window_s > 0 and loaded and len(self._queue) < self.max_batch:
             self._timer = self._loop.call_later(self.window_s, self._launch)
-        else:
-            self._launch()
+        else:  # at the end of this loop iteration: what else it submits joins the batch
+            self._timer = self._loop.call_soon(self._launch)
 
     def _launch(self) -> None:
         self._timer = None
@@ -151,12 +155,14 @@ class Batcher(Generic[Item, Work, Out]):
         self._running.add_done_callback(partial(self._done, items, work))
 
     def _inline(self, n: int) -> bool:
-        if self._per_item is None or self._per_item * n > self.inline_s:
+        if n > 1 or self._last_size > 1:  # several sessions at once: batches pay off
+            return False
+        if self._single is None or self._single > self.inline_s:
             return False
         now = time.perf_counter()
         self._inline_busy *= math.exp((self._inline_at - now) / INLINE_TAU_S)
         self._inline_at = now
-        return (self._inline_busy + self._per_item * n) / INLINE_TAU_S <= self.inline_share
+        return (self._inline_busy + self._single) / INLINE_TAU_S <= self.inline_share
 
     def _timed(self, work: Work) -> tuple[Out, float]:
         """``compute`` and its time, taken in the worker (no hand-off in it)."""
@@ -176,10 +182,9 @@ class Batcher(Generic[Item, Work, Out]):
         self._answer(items, work, out, seconds)
 
     def _answer(self, items, work, out, seconds: float) -> None:
-        per_item = seconds / len(items)
-        self._per_item = per_item if self._per_item is None else \
-            0.9 * self._per_item + 0.1 * per_item
-        self._finishing = True
+        if len(items) == 1:
+            self._single = seconds if self._single is None else \
+                0.9 * self._single + 0.1 * seconds
         try:
             answers = self._finish(work, out)
         except Exception as e:
@@ -192,8 +197,6 @@ class Batcher(Generic[Item, Work, Out]):
                     fut.set_exception(answer)
                 else:
                     fut.set_result(answer)
-        finally:
-            self._finishing = False
         self.batches += 1
         self.items += len(items)
         self._last_size = len(items)
@@ -230,7 +233,7 @@ class EncodeBatcher(Batcher[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray
     def __init__(self, name: str, encode: EncodeFn, executor: Executor, max_batch: int = 64,
                  window_s: float = 0.0, max_queue: int = 1024,
                  observe: Callable[[int, float], None] | None = None, adaptive: bool = False,
-                 inline_s: float = 0.0, inline_share: float = 0.25):
+                 inline_s: float = 0.0, inline_share: float = 0.5):
         super().__init__(name, executor, _stack, encode, _split, max_batch, window_s,
                          max_queue, observe, adaptive, inline_s, inline_share)
         self.failure_reason = "encoder_failed"

@@ -230,9 +230,6 @@ class EstimatorService:
             fut = self.engines[session.model.name].submit(engine.SettleJob(tl))
         except ServiceError:  # full or stopping: the records stay until the next query
             return
-        if fut.done():  # ran on the loop (inline): nothing to wait for
-            fut.cancelled() or fut.exception()
-            return
         self._settling.add(id(tl))
         fut.add_done_callback(lambda f: (self._settling.discard(id(tl)),
                                          f.cancelled() or f.exception()))
@@ -337,18 +334,16 @@ class EstimatorService:
         except ServiceError as e:
             session.refused[e.reason] += 1
             raise
-        if not fut.done():  # (done already: the batch ran on the loop, inline)
-            session.observing = True
+        session.observing = True
 
-            def done(f: asyncio.Future) -> None:
-                session.observing = False
-                if not f.cancelled():
-                    f.exception()  # retrieved: a caller that went away is no error to log
+        def done(f: asyncio.Future) -> None:
+            session.observing = False
+            if not f.cancelled():
+                f.exception()  # retrieved: a caller that went away is no error to log
 
-            fut.add_done_callback(done)
+        fut.add_done_callback(done)
         try:
-            # (shielded: the job runs to its end if the caller goes; done: nothing to wait)
-            observed = fut.result() if fut.done() else await asyncio.shield(fut)
+            observed = await asyncio.shield(fut)
         except ServiceError as e:  # not finite, no longer in the window, batch failed, ...
             if not any(e is c for c in counted):
                 session.refused[e.reason] += 1

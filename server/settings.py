@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     inline_ms: float = Field(1.0, ge=0, description="run a batch on the event loop when "
                              "its predicted compute is at most this (cheaper than the two "
                              "thread hops; 0: always in a worker) ...")
-    inline_share: float = Field(0.25, ge=0, le=1, description="... and the loop's recent "
+    inline_share: float = Field(0.5, ge=0, le=1, description="... and the loop's recent "
                                 "time in such batches is under this share (under load: "
                                 "the worker)")
     workers: int = Field(2, ge=1, description="worker threads for ONNX Runtime and image "

@@ -136,3 +136,23 @@ def test_a_failing_inline_batch_fails_its_callers_and_the_batcher_goes_on():
 
     after, inline = _run(main())
     assert after[0] == 9 and inline == 1 and calls == [[1], [7], [3]]
+
+
+def test_several_at_once_batch_in_the_worker_though_each_would_be_cheap():
+    """Items queued in one loop iteration form one batch; a batch of several (and the one
+    after it) goes to the worker, so batches keep forming under load."""
+    async def main():
+        with ThreadPoolExecutor(1, thread_name_prefix="worker") as ex:
+            b = _batcher(ex, _squares, inline_s=1.0, inline_share=1.0)
+            b.start()
+            await b.run(0)
+            await b.run(1)  # one at a time: inline
+            inline_before = b.inline_batches
+            out = await asyncio.gather(*(b.run(x) for x in range(8)))
+            await b.stop()
+            return out, inline_before, b.inline_batches, b.batches
+
+    out, before, after, batches = _run(main())
+    assert before == 1 and after == 1 and batches == 3  # 0 (worker), 1 (inline), 0..7
+    assert [v for v, _ in out] == [x * x for x in range(8)]
+    assert all(name.startswith("worker") for _, name in out)

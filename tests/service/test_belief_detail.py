@@ -309,7 +309,8 @@ def test_a_message_recorded_while_a_fused_one_computes_is_not_lost(models, model
                 sid, "proprio", 0.01, payload(proprio[0].tolist()), True), "test")
             task = asyncio.create_task(service.send_message(SensorMessageIn(
                 sid, "proprio", 0.06, payload(proprio[1].tolist()), True), "test"))
-            await asyncio.sleep(0)  # planned and computing
+            while not service.engines["tiny"].computing:  # planned and computing
+                await asyncio.sleep(0)
             session = service.registry.sessions[sid]
             assert session.observing
             # an image of the same tick recorded meanwhile (its encoder batch finished)
