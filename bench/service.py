@@ -5,6 +5,8 @@ proprio 6 + 64x64 image; or ``--bundle DIR``) and measures, from a client proces
 - round-trip latency p50/p99 of a proprio message -> belief (the message carries
   ``return_belief``: one round trip), and of an image message (PNG) -> ack, over gRPC
   (unary and bidirectional stream) and HTTP, with 1 and 64 concurrent sessions;
+- the floor of the one-robot stream: the same client and messages against a trivial echo
+  servicer of the same proto, in the same run;
 - messages/s at saturation: 64 sessions streaming proprio messages over gRPC, pipelined.
 
 Writes bench/results/service.{json,md}. The machine is shared: the load average before and
@@ -177,6 +179,29 @@ def grpc_single(target: str, kind: str, n: int, images: list[bytes], limit_s: fl
         q.put(None)
         stub.CloseSession(pb.SessionRef(session_id=sid))
     return {k: v[len(v) // 10:] for k, v in lat.items()}  # drop the warm-up tenth
+
+
+def bare_stream(target: str, n: int, limit_s: float) -> list[float]:
+    """The physical floor of the one-robot stream: the same client and messages against a
+    trivial echo servicer of the same proto (``bench/service_fleet.py``)."""
+    import grpc
+
+    rng = np.random.default_rng(0)
+    with grpc.insecure_channel(target) as ch:
+        stub = pb_grpc.EstimatorStub(ch)
+        q: queue.Queue = queue.Queue()
+        acks = stub.StreamMessages(iter(q.get, None))
+        lat, deadline = [], time.monotonic() + limit_s
+        for i in range(n):
+            m = proprio_msg("bare", i, rng, True)
+            t = time.perf_counter()
+            q.put(m)
+            next(acks)
+            lat.append(time.perf_counter() - t)
+            if time.monotonic() > deadline:
+                break
+        q.put(None)
+    return lat[len(lat) // 10:]
 
 
 def http_single(url: str, kind: str, n: int, images: list[bytes], limit_s: float):
@@ -360,6 +385,15 @@ def main() -> None:
             g = grpc_single(target, "proprio", n, images, lim)
             add("proprio -> belief", "gRPC unary", 1, g["unary"])
             add("proprio -> belief", "gRPC stream", 1, g["stream"])
+            from service_fleet import start_echo  # (it imports this module)
+
+            echo, echo_target = start_echo(tmp)
+            try:
+                add("proprio -> ack, bare echo servicer (floor)", "gRPC stream", 1,
+                    bare_stream(echo_target, n, lim))
+            finally:
+                echo.kill()
+                echo.wait(30)
             g = grpc_single(target, "image", n // 4, images, lim)
             add("image (PNG) -> ack", "gRPC unary", 1, g["unary"])
             add("image (PNG) -> ack", "gRPC stream", 1, g["stream"])
