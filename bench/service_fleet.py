@@ -88,10 +88,16 @@ def start_echo(workdir: Path) -> tuple[subprocess.Popen, str]:
     return proc, f"127.0.0.1:{port_file.read_text()}"
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, stat: str | None = None) -> float:
+    """User + system CPU seconds of a process (Linux /proc; ``stat``: another stat file)."""
+    fields = Path(stat or f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def loop_thread_seconds(pid: int) -> float:
+    """CPU seconds of a process's main thread (the server's event loop: its thread id is
+    the process id); the workers and gRPC's own threads are the rest."""
+    return cpu_seconds(pid, f"/proc/{pid}/task/{pid}/stat")
 
 
 def wait_until_idle(pid: int, limit_s: float, quiet_s: float = 0.5,
@@ -306,10 +312,11 @@ def main() -> None:
         target = f"127.0.0.1:{info['grpc_port']}"
         common = dict(period=service.PERIOD, proprio=service.P)
         try:
-            cpu0 = cpu_seconds(proc.pid)
+            cpu0, loop0 = cpu_seconds(proc.pid), loop_thread_seconds(proc.pid)
             fleet, fleet_cpu = run_clients(pool, target, args.sessions, args.clients, "fleet",
                                            args.seconds, **common, detail=int(detail))
             server_cpu = (cpu_seconds(proc.pid) - cpu0) / (args.seconds + 3.0)
+            loop_cpu = (loop_thread_seconds(proc.pid) - loop0) / (args.seconds + 3.0)
             idle_wait = wait_until_idle(proc.pid, args.idle_limit_s)
             if idle_wait is None:  # still busy with the fleet's backlog: a fresh server
                 print(f"the server was not idle after {args.idle_limit_s:g} s: restarted",
@@ -344,6 +351,7 @@ def main() -> None:
         "send_lag_p99_ms": pct(fleet.send_lag_ms, 99),
         "saturation_vs_bare": round(served / max(reference, 1e-9), 3),
         "server_cpu_pct_fleet": round(100 * server_cpu, 1),
+        "server_loop_thread_cpu_pct_fleet": round(100 * loop_cpu, 1),  # of server_cpu
         "client_cpu": {"fleet": fleet_cpu, "saturation": sat_cpu, "bare": bare_cpu},
     }
     for r in rows:
