@@ -54,7 +54,7 @@ class Batcher(Generic[Item, Work, Out]):
         if max_batch < 1 or max_queue < 1 or window_s < 0 or inline_s < 0 or \
                 not 0 <= inline_share <= 1:
             raise ValueError("batcher: max_batch and max_queue must be positive, the window "
-                             "and the inline budget not negative")
+                             "and the inline budget not negative, the inline share in [0, 1]")
         self.name, self._executor = name, executor
         self._prepare, self._compute, self._finish = prepare, compute, finish
         self.max_batch, self.window_s, self.max_queue = max_batch, window_s, max_queue
