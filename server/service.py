@@ -1,7 +1,8 @@
 """The operations both transports offer, on the session registry: payload decoding,
 encoding and the filter work (batched across sessions, in worker threads: the event loop
-does I/O and bookkeeping only), back-pressure limits, metrics, idle expiry and the
-snapshot on shutdown / restore on start. Transport-neutral and async (one event loop)."""
+does I/O and bookkeeping, and a lone robot's cheap batch: ``server.batcher``),
+back-pressure limits, metrics, idle expiry and the snapshot on shutdown / restore on
+start. Transport-neutral and async (one event loop)."""
 
 from __future__ import annotations
 
@@ -262,9 +263,9 @@ class EstimatorService:
                            ) -> tuple[Ack, Belief | None]:
         """Record a sensor message; with ``return_belief``, answer the belief at its tick.
         A vector message that wants its belief is encoded, recorded and answered in one
-        filter batch (one trip to a worker thread; ``_observe``); other messages are
-        encoded in their sensor's encoder batch, recorded here, then queried. Refusals
-        count in the session's ``refused`` where they are raised."""
+        filter batch (one trip to a worker thread, none when it runs inline; ``_observe``);
+        other messages are encoded in their sensor's encoder batch, recorded here, then
+        queried. Refusals count in the session's ``refused`` where they are raised."""
         with self.counting():
             session, info = self.registry.prepare_observation(msg.session_id, msg.sensor,
                                                               msg.timestamp)
@@ -356,7 +357,8 @@ class EstimatorService:
             return self.registry.report_action(session_id, timestamp, values)
 
     async def policy_action(self, session_id: str, timestamp: float) -> ActionView:
-        """The policy's action, computed in the model's filter batch (off the loop)."""
+        """The policy's action, computed in the model's filter batch (a worker thread, or the
+        loop for a lone cheap batch: ``server.batcher``)."""
         with self.counting():
             session, tick = self.registry.locate_query(session_id, timestamp)
             policy = await self._run(session, engine.ActJob(session.timeline, tick))
@@ -365,7 +367,7 @@ class EstimatorService:
     async def belief(self, session_id: str, timestamp: float | None = None,
                      detail: BeliefDetail = BeliefDetail.FULL) -> Belief:
         """The belief (with what ``detail`` asks for), computed in the model's filter batch
-        (off the loop)."""
+        (a worker thread, or the loop for a lone cheap batch: ``server.batcher``)."""
         with self.counting():
             return await self._belief(session_id, timestamp, detail)
 
