@@ -12,6 +12,9 @@ no state head) and a camera frame (PNG) every 4th period (12.5 Hz), for ``--seco
   the same transport), measured in the same run: the physical reference. It starts only
   once the server is idle (its CPU use below 10% for 0.5 s: the fleet phase's backlog
   worked off; the server is restarted if that takes over ``--idle-limit-s``);
+- the floor: the same fleet, for ``--floor-seconds``, against the bare echo stream (its
+  beliefs a latent mean and variance of the bundle's size): what the clients, gRPC and the
+  shared cores cost before the server does anything;
 - the CPU use of the client processes (``--clients``, several, so the client is not the
   bottleneck) and of the server, and the load average before and after.
 
@@ -51,6 +54,13 @@ IMAGE_EVERY = 4  # camera frames: every 4th control period (12.5 Hz at 50 Hz)
 
 # -- the bare reference: an echo servicer over the same proto and transport ---------------
 class Echo(pb_grpc.EstimatorServicer):
+    """Acks every message; one asking for a belief gets a latent mean and variance of the
+    bundle's size (``latent``), so the answer's bytes match a LATENT belief."""
+
+    def __init__(self, latent: int = 0):
+        zeros = [0.0] * latent
+        self.belief = pb.Belief(mean=zeros, var=zeros, detail=pb.BELIEF_DETAIL_LATENT)
+
     async def CreateSession(self, request, context):
         return pb.Session(session_id=os.urandom(8).hex())
 
@@ -59,15 +69,18 @@ class Echo(pb_grpc.EstimatorServicer):
 
     async def StreamMessages(self, request_iterator, context):
         async for req in request_iterator:
-            yield pb.Ack(sequence=req.sequence, session_id=req.session_id, sensor=req.sensor)
+            ack = pb.Ack(sequence=req.sequence, session_id=req.session_id, sensor=req.sensor)
+            if req.return_belief:
+                ack.belief.CopyFrom(self.belief)
+            yield ack
 
 
-def echo_server(port_file: str) -> None:
+def echo_server(port_file: str, latent: int) -> None:
     import grpc
 
     async def main():
         server = grpc.aio.server()
-        pb_grpc.add_EstimatorServicer_to_server(Echo(), server)
+        pb_grpc.add_EstimatorServicer_to_server(Echo(latent), server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         Path(port_file).write_text(str(port))
@@ -76,9 +89,10 @@ def echo_server(port_file: str) -> None:
     asyncio.run(main())
 
 
-def start_echo(workdir: Path) -> tuple[subprocess.Popen, str]:
+def start_echo(workdir: Path, latent: int) -> tuple[subprocess.Popen, str]:
     port_file = workdir / "echo.port"
-    proc = subprocess.Popen([sys.executable, __file__, "--echo-server", str(port_file)])
+    proc = subprocess.Popen([sys.executable, __file__, "--echo-server", str(port_file),
+                             "--echo-latent", str(latent)])
     deadline = time.monotonic() + 60
     while not port_file.exists() or not port_file.read_text():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -285,6 +299,8 @@ def main() -> None:
     p.add_argument("--bundle", type=Path, help="default: export an untrained default-size VRKN")
     p.add_argument("--seconds", type=float, default=60.0, help="fleet run length")
     p.add_argument("--sat-seconds", type=float, default=5.0, help="each saturation run")
+    p.add_argument("--floor-seconds", type=float, default=15.0,
+                   help="the same fleet against the bare echo stream (the latency floor)")
     p.add_argument("--sessions", type=int, default=64)
     p.add_argument("--clients", type=int, default=4, help="client processes")
     p.add_argument("--server-arg", action="append", default=[],
@@ -296,9 +312,10 @@ def main() -> None:
                    help="before saturation: wait this long for the server to go idle, "
                         "then restart it")
     p.add_argument("--echo-server", metavar="PORT_FILE", help=argparse.SUPPRESS)
+    p.add_argument("--echo-latent", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.echo_server:
-        return echo_server(args.echo_server)
+        return echo_server(args.echo_server, args.echo_latent)
     if args.bundle is not None:
         service.use_bundle_sizes(args.bundle)
     load_before = os.getloadavg()
@@ -308,7 +325,8 @@ def main() -> None:
         bundle = args.bundle or service.export_default_bundle(tmp / "bundle")
         detail = BeliefDetail[args.detail] if args.detail else default_detail(bundle)
         proc, info = service.start_server(bundle, tmp, *args.server_arg)
-        echo, echo_target = start_echo(tmp)
+        latent = int(json.loads((bundle / "manifest.json").read_text())["latent_size"])
+        echo, echo_target = start_echo(tmp, latent)
         target = f"127.0.0.1:{info['grpc_port']}"
         common = dict(period=service.PERIOD, proprio=service.P)
         try:
@@ -327,6 +345,9 @@ def main() -> None:
                 target = f"127.0.0.1:{info['grpc_port']}"
             sat, sat_cpu = run_clients(pool, target, args.sessions, args.clients,
                                        "saturation", args.sat_seconds, **common)
+            floor, floor_cpu = run_clients(pool, echo_target, args.sessions, args.clients,
+                                           "fleet", args.floor_seconds, **common,
+                                           detail=int(detail))
             bare, bare_cpu = run_clients(pool, echo_target, args.sessions, args.clients,
                                          "saturation", args.sat_seconds, **common)
         finally:
@@ -340,6 +361,10 @@ def main() -> None:
          "p99_ms": pct(fleet.proprio_ms, 99), "answers": len(fleet.proprio_ms)},
         {"case": "image (PNG) -> ack (12.5 Hz each)", "p50_ms": pct(fleet.image_ms, 50),
          "p99_ms": pct(fleet.image_ms, 99), "answers": len(fleet.image_ms)},
+        {"case": "floor: proprio -> echo (same fleet)", "p50_ms": pct(floor.proprio_ms, 50),
+         "p99_ms": pct(floor.proprio_ms, 99), "answers": len(floor.proprio_ms)},
+        {"case": "floor: image -> echo (same fleet)", "p50_ms": pct(floor.image_ms, 50),
+         "p99_ms": pct(floor.image_ms, 99), "answers": len(floor.image_ms)},
         {"case": "saturation, proprio (pipelined)", "msgs_per_s": round(served)},
         {"case": "saturation, bare gRPC echo stream", "msgs_per_s": round(reference)},
     ]
@@ -352,7 +377,9 @@ def main() -> None:
         "saturation_vs_bare": round(served / max(reference, 1e-9), 3),
         "server_cpu_pct_fleet": round(100 * server_cpu, 1),
         "server_loop_thread_cpu_pct_fleet": round(100 * loop_cpu, 1),  # of server_cpu
-        "client_cpu": {"fleet": fleet_cpu, "saturation": sat_cpu, "bare": bare_cpu},
+        "floor_dropped": floor.sent - floor.answered + floor.errors, "floor_late": floor.late,
+        "client_cpu": {"fleet": fleet_cpu, "saturation": sat_cpu, "bare": bare_cpu,
+                       "floor": floor_cpu},
     }
     for r in rows:
         print(r, flush=True)
