@@ -15,6 +15,9 @@ no state head) and a camera frame (PNG) every 4th period (12.5 Hz), for ``--seco
 - the floor: the same fleet, for ``--floor-seconds``, against the bare echo stream (its
   beliefs a latent mean and variance of the bundle's size): what the clients, gRPC and the
   shared cores cost before the server does anything;
+- where the server's batches spent the fleet phase (its ``/metrics``): per batcher, the
+  batches, their mean size, and the mean and p90 of the wait before compute (the batch
+  before it, the worker's wake-up), the compute, and the return to the event loop;
 - the CPU use of the client processes (``--clients``, several, so the client is not the
   bottleneck) and of the server, and the load average before and after.
 
@@ -125,6 +128,54 @@ def wait_until_idle(pid: int, limit_s: float, quiet_s: float = 0.5,
         if (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0) < busy:
             return round(time.monotonic() - start, 2)
     return None
+
+
+def scrape(info: dict) -> dict[tuple[str, str], dict]:
+    """The server's batch histograms (``/metrics``): per (histogram, batcher), the count,
+    the sum and the cumulative bucket counts."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = f"http://127.0.0.1:{info['http_port']}/metrics"
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    out: dict[tuple[str, str], dict] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name not in BATCH_HISTOGRAMS:
+            continue
+        for sample in family.samples:
+            h = out.setdefault((family.name, sample.labels["encoder"]),
+                               {"count": 0.0, "sum": 0.0, "buckets": {}})
+            if sample.name.endswith("_bucket"):
+                h["buckets"][float(sample.labels["le"])] = sample.value
+            elif sample.name.endswith("_count"):
+                h["count"] = sample.value
+            elif sample.name.endswith("_sum"):
+                h["sum"] = sample.value
+    return out
+
+
+BATCH_HISTOGRAMS = {"vrkn_encoder_batch_size": "size", "vrkn_batch_wait_seconds": "wait_ms",
+                    "vrkn_encoder_seconds": "compute_ms", "vrkn_batch_return_seconds":
+                    "return_ms"}
+
+
+def batch_profile(before: dict, after: dict) -> list[dict]:
+    """Per batcher over the fleet phase: batches, their mean size, and the mean and p90
+    (the upper edge of the bucket that holds it) of the wait before compute, the compute,
+    and the return to the loop, in ms."""
+    rows: dict[str, dict] = {}
+    for (name, batcher), h in after.items():
+        b = before.get((name, batcher), {"count": 0.0, "sum": 0.0, "buckets": {}})
+        n = h["count"] - b["count"]
+        if n <= 0:
+            continue
+        key, scale = BATCH_HISTOGRAMS[name], (1 if name.endswith("size") else 1e3)
+        row = rows.setdefault(batcher, {"batcher": batcher, "batches": int(n)})
+        row[f"{key}_mean"] = round((h["sum"] - b["sum"]) / n * scale, 3)
+        cum = sorted((le, v - b["buckets"].get(le, 0.0)) for le, v in h["buckets"].items())
+        row[f"{key}_p90_le"] = next((le * scale for le, v in cum if v >= 0.9 * n), None)
+    return sorted(rows.values(), key=lambda r: r["batcher"])
 
 
 def default_detail(bundle: Path) -> BeliefDetail:
@@ -331,10 +382,12 @@ def main() -> None:
         common = dict(period=service.PERIOD, proprio=service.P)
         try:
             cpu0, loop0 = cpu_seconds(proc.pid), loop_thread_seconds(proc.pid)
+            scraped = scrape(info)
             fleet, fleet_cpu = run_clients(pool, target, args.sessions, args.clients, "fleet",
                                            args.seconds, **common, detail=int(detail))
             server_cpu = (cpu_seconds(proc.pid) - cpu0) / (args.seconds + 3.0)
             loop_cpu = (loop_thread_seconds(proc.pid) - loop0) / (args.seconds + 3.0)
+            profile = batch_profile(scraped, scrape(info))
             idle_wait = wait_until_idle(proc.pid, args.idle_limit_s)
             if idle_wait is None:  # still busy with the fleet's backlog: a fresh server
                 print(f"the server was not idle after {args.idle_limit_s:g} s: restarted",
@@ -381,7 +434,10 @@ def main() -> None:
         "client_cpu": {"fleet": fleet_cpu, "saturation": sat_cpu, "bare": bare_cpu,
                        "floor": floor_cpu},
     }
+    summary["batches_fleet"] = profile
     for r in rows:
+        print(r, flush=True)
+    for r in profile:
         print(r, flush=True)
     print(summary, flush=True)
     meta = machine_meta(load_before, **summary, server_args=args.server_arg,

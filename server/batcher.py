@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from functools import partial
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -44,12 +44,21 @@ Out = TypeVar("Out")
 INLINE_TAU_S = 1.0  # the loop's share of time in inline batches: decays over this
 
 
+class BatchTimes(NamedTuple):
+    """Where one batch's time went (seconds), as ``observe`` gets it after each batch."""
+
+    size: int
+    waited: float  # its oldest item: queued -> compute starts (the batch before, the worker)
+    compute: float
+    returned: float  # compute done -> the loop takes the answers (0 inline: the loop, busy)
+
+
 class Batcher(Generic[Item, Work, Out]):
     def __init__(self, name: str, executor: Executor,
                  prepare: Callable[[list[Item]], Work], compute: Callable[[Work], Out],
                  finish: Callable[[Work, Out], Sequence[Any]], max_batch: int = 64,
                  window_s: float = 0.0, max_queue: int = 1024,
-                 observe: Callable[[int, float], None] | None = None, adaptive: bool = False,
+                 observe: Callable[[BatchTimes], None] | None = None, adaptive: bool = False,
                  inline_s: float = 0.0, inline_share: float = 0.5):
         if max_batch < 1 or max_queue < 1 or window_s < 0 or inline_s < 0 or \
                 not 0 <= inline_share <= 1:
@@ -61,8 +70,8 @@ class Batcher(Generic[Item, Work, Out]):
         self.adaptive, self.inline_s, self.inline_share = adaptive, inline_s, inline_share
         self._single: float | None = None  # running mean compute seconds, one-item batches
         self._inline_busy, self._inline_at = 0.0, 0.0  # decayed seconds inline; when
-        self._observe = observe  # (batch size, seconds of compute) after each batch
-        self._queue: deque[tuple[Item, asyncio.Future]] = deque()
+        self._observe = observe  # BatchTimes after each batch
+        self._queue: deque[tuple[Item, asyncio.Future, float]] = deque()  # (.., queued at)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running: asyncio.Future | None = None  # the batch in the worker thread
         self._timer: asyncio.Handle | None = None  # the launch to come (call_soon/later)
@@ -82,7 +91,7 @@ class Batcher(Generic[Item, Work, Out]):
             self._timer.cancel()
             self._timer = None
         while self._queue:
-            _, fut = self._queue.popleft()
+            _, fut, _ = self._queue.popleft()
             if not fut.done():
                 fut.set_exception(Unavailable("the server is shutting down", "shutdown"))
         if self._running is not None and loop is not None:
@@ -107,7 +116,7 @@ class Batcher(Generic[Item, Work, Out]):
             raise ResourceExhausted(f"queue {self.name!r} is full ({self.max_queue} waiting); "
                                     "retry later", "queue_full")
         fut = self._loop.create_future()
-        self._queue.append((item, fut))
+        self._queue.append((item, fut, time.perf_counter()))
         self._kick()
         return fut
 
@@ -125,11 +134,12 @@ class Batcher(Generic[Item, Work, Out]):
 
     def _launch(self) -> None:
         self._timer = None
-        items = []
+        items, queued = [], math.inf
         while self._queue and len(items) < self.max_batch:
-            item, fut = self._queue.popleft()
+            item, fut, at = self._queue.popleft()
             if not fut.done():  # skip callers that gave up (deadline, disconnect)
                 items.append((item, fut))
+                queued = min(queued, at)
         if not items:
             return
         try:
@@ -149,10 +159,10 @@ class Batcher(Generic[Item, Work, Out]):
             seconds = time.perf_counter() - start
             self.inline_batches += 1
             self._inline_busy += seconds
-            self._answer(items, work, out, seconds)
+            self._answer(items, work, out, BatchTimes(len(items), start - queued, seconds, 0.0))
             return
         self._running = self._loop.run_in_executor(self._executor, self._timed, work)
-        self._running.add_done_callback(partial(self._done, items, work))
+        self._running.add_done_callback(partial(self._done, items, work, queued))
 
     def _inline(self, n: int) -> bool:
         if n > 1 or self._last_size > 1:  # several sessions at once: batches pay off
@@ -164,27 +174,28 @@ class Batcher(Generic[Item, Work, Out]):
         self._inline_at = now
         return (self._inline_busy + self._single) / INLINE_TAU_S <= self.inline_share
 
-    def _timed(self, work: Work) -> tuple[Out, float]:
-        """``compute`` and its time, taken in the worker (no hand-off in it)."""
+    def _timed(self, work: Work) -> tuple[Out, float, float]:
+        """``compute``, and when it started and ended, taken in the worker."""
         start = time.perf_counter()
         out = self._compute(work)
-        return out, time.perf_counter() - start
+        return out, start, time.perf_counter()
 
-    def _done(self, items, work, running: asyncio.Future) -> None:
+    def _done(self, items, work, queued: float, running: asyncio.Future) -> None:
         self._running = None
         try:
-            out, seconds = running.result()
+            out, start, end = running.result()
         except Exception as e:
             self._fail(items, e)
             if self._loop is not None:
                 self._kick()
             return
-        self._answer(items, work, out, seconds)
+        self._answer(items, work, out, BatchTimes(len(items), start - queued, end - start,
+                                                  time.perf_counter() - end))
 
-    def _answer(self, items, work, out, seconds: float) -> None:
+    def _answer(self, items, work, out, times: BatchTimes) -> None:
         if len(items) == 1:
-            self._single = seconds if self._single is None else \
-                0.9 * self._single + 0.1 * seconds
+            self._single = times.compute if self._single is None else \
+                0.9 * self._single + 0.1 * times.compute
         try:
             answers = self._finish(work, out)
         except Exception as e:
@@ -201,7 +212,7 @@ class Batcher(Generic[Item, Work, Out]):
         self.items += len(items)
         self._last_size = len(items)
         if self._observe is not None:
-            self._observe(len(items), seconds)
+            self._observe(times)
         if self._loop is not None:
             self._kick()
 
@@ -232,7 +243,7 @@ class EncodeBatcher(Batcher[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray
 
     def __init__(self, name: str, encode: EncodeFn, executor: Executor, max_batch: int = 64,
                  window_s: float = 0.0, max_queue: int = 1024,
-                 observe: Callable[[int, float], None] | None = None, adaptive: bool = False,
+                 observe: Callable[[BatchTimes], None] | None = None, adaptive: bool = False,
                  inline_s: float = 0.0, inline_share: float = 0.5):
         super().__init__(name, executor, _stack, encode, _split, max_batch, window_s,
                          max_queue, observe, adaptive, inline_s, inline_share)

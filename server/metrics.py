@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from server.batcher import BatchTimes
+
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05,
                    0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -38,6 +40,14 @@ class Metrics:
                                     ["encoder"], buckets=BATCH_BUCKETS, registry=r)
         self.encode_seconds = Histogram("vrkn_encoder_seconds", "Encoder run time",
                                         ["encoder"], buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_wait = Histogram("vrkn_batch_wait_seconds", "A batch's oldest item: "
+                                    "queued until its compute starts (the batch before it, "
+                                    "the worker thread's wake-up)", ["encoder"],
+                                    buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_return = Histogram("vrkn_batch_return_seconds", "A batch's compute done "
+                                      "until the event loop takes its answers (0 when it "
+                                      "ran on the loop)", ["encoder"],
+                                      buckets=LATENCY_BUCKETS, registry=r)
 
     @contextmanager
     def timed(self, op: str, transport: str) -> Iterator[None]:
@@ -47,12 +57,16 @@ class Metrics:
         finally:
             self.latency.labels(op, transport).observe(time.perf_counter() - start)
 
-    def batch_observer(self, encoder: str) -> Callable[[int, float], None]:
+    def batch_observer(self, encoder: str) -> Callable[[BatchTimes], None]:
+        """Records each batch of one batcher (an encoder, or a model's filter batch)."""
         size, seconds = self.batch_size.labels(encoder), self.encode_seconds.labels(encoder)
+        wait, back = self.batch_wait.labels(encoder), self.batch_return.labels(encoder)
 
-        def observe(n: int, dt: float) -> None:
-            size.observe(n)
-            seconds.observe(dt)
+        def observe(t: BatchTimes) -> None:
+            size.observe(t.size)
+            seconds.observe(t.compute)
+            wait.observe(t.waited)
+            back.observe(t.returned)
 
         return observe
 

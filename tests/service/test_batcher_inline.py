@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from server.batcher import Batcher
+from server.batcher import Batcher, BatchTimes
 
 
 def _batcher(executor, compute, finish=None, **kw) -> Batcher:
@@ -156,3 +156,33 @@ def test_several_at_once_batch_in_the_worker_though_each_would_be_cheap():
     assert before == 1 and after == 1 and batches == 3  # 0 (worker), 1 (inline), 0..7
     assert [v for v, _ in out] == [x * x for x in range(8)]
     assert all(name.startswith("worker") for _, name in out)
+
+
+def test_each_batch_reports_where_its_time_went():
+    """``observe`` gets a BatchTimes per batch: an item queued behind a 30 ms batch waited
+    for it; compute is the compute's own time; a batch on the loop returns in 0 s."""
+    seen: list[BatchTimes] = []
+
+    def slow_first(work):
+        if work == [0]:
+            time.sleep(0.03)
+        return _squares(work)
+
+    async def main():
+        with ThreadPoolExecutor(1, thread_name_prefix="worker") as ex:
+            b = _batcher(ex, slow_first, observe=seen.append, inline_s=1.0)
+            b.start()
+            first = b.submit(0)
+            await asyncio.sleep(0.005)  # the first batch is in the worker now
+            second = b.submit(1)  # queued behind it; one after one, measured cheap: inline
+            await asyncio.gather(first, second)
+            await b.run(2)  # inline
+            await b.stop()
+            return b.inline_batches
+
+    inline = _run(main())
+    assert [t.size for t in seen] == [1, 1, 1] and inline == 2
+    assert 0.03 <= seen[0].compute < 0.5 and seen[0].waited < seen[0].compute
+    assert seen[1].waited >= 0.02  # the 30 ms batch, less the 5 ms before it was queued
+    assert seen[0].returned >= 0 and seen[1].returned == seen[2].returned == 0.0
+    assert all(t.waited >= 0 and t.compute >= 0 for t in seen)

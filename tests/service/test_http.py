@@ -239,6 +239,8 @@ def test_metrics(http, server):
     assert 'vrkn_refused_total{reason="wrong_token"}' in text
     assert 'vrkn_request_seconds_bucket{le="0.001",op="message",transport="http"}' in text
     assert 'vrkn_encoder_batch_size_count{encoder="tiny/image"}' in text
+    for name in ("vrkn_batch_wait_seconds", "vrkn_batch_return_seconds"):
+        assert f'{name}_count{{encoder="tiny/image"}}' in text
     sessions = [line for line in text.splitlines() if line.startswith("vrkn_active_sessions ")]
     assert float(sessions[0].split()[1]) >= 1
     http.delete(f"/v1/sessions/{sid}")
