@@ -135,10 +135,14 @@ def scrape(info: dict) -> dict[tuple[str, str], dict]:
     the sum and the cumulative bucket counts."""
     import urllib.request
 
+    url = f"http://127.0.0.1:{info['http_port']}/metrics"
+    return batch_histograms(urllib.request.urlopen(url, timeout=10).read().decode())
+
+
+def batch_histograms(text: str) -> dict[tuple[str, str], dict]:
+    """``scrape``'s parsing of a Prometheus text page."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    url = f"http://127.0.0.1:{info['http_port']}/metrics"
-    text = urllib.request.urlopen(url, timeout=10).read().decode()
     out: dict[tuple[str, str], dict] = {}
     for family in text_string_to_metric_families(text):
         if family.name not in BATCH_HISTOGRAMS:
