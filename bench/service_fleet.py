@@ -14,7 +14,8 @@ no state head) and a camera frame (PNG) every 4th period (12.5 Hz), for ``--seco
   worked off; the server is restarted if that takes over ``--idle-limit-s``);
 - the floor: the same fleet, for ``--floor-seconds``, against the bare echo stream (its
   beliefs a latent mean and variance of the bundle's size): what the clients, gRPC and the
-  shared cores cost before the server does anything;
+  shared cores cost before the server does anything; and the CPU per answered message of
+  the server and of the echo;
 - where the server's batches spent the fleet phase (its ``/metrics``): per batcher, the
   batches, their mean size, and the mean and p90 of the wait before compute (the batch
   before it, the worker's wake-up), the compute, and the return to the event loop;
@@ -402,9 +403,11 @@ def main() -> None:
                 target = f"127.0.0.1:{info['grpc_port']}"
             sat, sat_cpu = run_clients(pool, target, args.sessions, args.clients,
                                        "saturation", args.sat_seconds, **common)
+            echo0 = cpu_seconds(echo.pid)
             floor, floor_cpu = run_clients(pool, echo_target, args.sessions, args.clients,
                                            "fleet", args.floor_seconds, **common,
                                            detail=int(detail))
+            echo_cpu = (cpu_seconds(echo.pid) - echo0) / (args.floor_seconds + 3.0)
             bare, bare_cpu = run_clients(pool, echo_target, args.sessions, args.clients,
                                          "saturation", args.sat_seconds, **common)
         finally:
@@ -435,6 +438,11 @@ def main() -> None:
         "server_cpu_pct_fleet": round(100 * server_cpu, 1),
         "server_loop_thread_cpu_pct_fleet": round(100 * loop_cpu, 1),  # of server_cpu
         "floor_dropped": floor.sent - floor.answered + floor.errors, "floor_late": floor.late,
+        "echo_cpu_pct_floor": round(100 * echo_cpu, 1),
+        "server_cpu_ms_per_message": round(1e3 * server_cpu * (args.seconds + 3.0)
+                                           / max(fleet.answered, 1), 3),
+        "echo_cpu_ms_per_message": round(1e3 * echo_cpu * (args.floor_seconds + 3.0)
+                                         / max(floor.answered, 1), 3),
         "client_cpu": {"fleet": fleet_cpu, "saturation": sat_cpu, "bare": bare_cpu,
                        "floor": floor_cpu},
     }
