@@ -183,7 +183,7 @@ def grpc_single(target: str, kind: str, n: int, images: list[bytes], limit_s: fl
 
 def bare_stream(target: str, n: int, limit_s: float) -> list[float]:
     """The physical floor of the one-robot stream: the same client and messages against a
-    trivial echo servicer of the same proto (``bench/service_fleet.py``)."""
+    trivial echo servicer of the same proto (``bench/echo_server.py``)."""
     import grpc
 
     rng = np.random.default_rng(0)
@@ -385,9 +385,10 @@ def main() -> None:
             g = grpc_single(target, "proprio", n, images, lim)
             add("proprio -> belief", "gRPC unary", 1, g["unary"])
             add("proprio -> belief", "gRPC stream", 1, g["stream"])
-            from service_fleet import start_echo  # (it imports this module)
+            from echo_server import start_echo
 
-            echo, echo_target = start_echo(tmp)
+            latent = int(json.loads((bundle / "manifest.json").read_text())["latent_size"])
+            echo, echo_target = start_echo(tmp, latent)
             try:
                 add("proprio -> ack, bare echo servicer (floor)", "gRPC stream", 1,
                     bare_stream(echo_target, n, lim))

@@ -35,7 +35,6 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,140 +46,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import service
+from echo_server import start_echo
 from results_io import machine_meta, write_results
+from server_probe import batch_profile, cpu_seconds, loop_thread_seconds, scrape, wait_until_idle
 
 from proto.vrkn.estimator.v1 import estimator_pb2 as pb
 from proto.vrkn.estimator.v1 import estimator_pb2_grpc as pb_grpc
 from proto.wire import BeliefDetail
 
 IMAGE_EVERY = 4  # camera frames: every 4th control period (12.5 Hz at 50 Hz)
-
-
-# -- the bare reference: an echo servicer over the same proto and transport ---------------
-class Echo(pb_grpc.EstimatorServicer):
-    """Acks every message; one asking for a belief gets a latent mean and variance of the
-    bundle's size (``latent``), so the answer's bytes match a LATENT belief."""
-
-    def __init__(self, latent: int = 0):
-        zeros = [0.0] * latent
-        self.belief = pb.Belief(mean=zeros, var=zeros, detail=pb.BELIEF_DETAIL_LATENT)
-
-    async def CreateSession(self, request, context):
-        return pb.Session(session_id=os.urandom(8).hex())
-
-    async def CloseSession(self, request, context):
-        return pb.CloseSessionResponse()
-
-    async def StreamMessages(self, request_iterator, context):
-        async for req in request_iterator:
-            ack = pb.Ack(sequence=req.sequence, session_id=req.session_id, sensor=req.sensor)
-            if req.return_belief:
-                ack.belief.CopyFrom(self.belief)
-            yield ack
-
-
-def echo_server(port_file: str, latent: int) -> None:
-    import grpc
-
-    async def main():
-        server = grpc.aio.server()
-        pb_grpc.add_EstimatorServicer_to_server(Echo(latent), server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        Path(port_file).write_text(str(port))
-        await server.wait_for_termination()
-
-    asyncio.run(main())
-
-
-def start_echo(workdir: Path, latent: int) -> tuple[subprocess.Popen, str]:
-    port_file = workdir / "echo.port"
-    proc = subprocess.Popen([sys.executable, __file__, "--echo-server", str(port_file),
-                             "--echo-latent", str(latent)])
-    deadline = time.monotonic() + 60
-    while not port_file.exists() or not port_file.read_text():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("the echo server did not start")
-        time.sleep(0.05)
-    return proc, f"127.0.0.1:{port_file.read_text()}"
-
-
-def cpu_seconds(pid: int, stat: str | None = None) -> float:
-    """User + system CPU seconds of a process (Linux /proc; ``stat``: another stat file)."""
-    fields = Path(stat or f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def loop_thread_seconds(pid: int) -> float:
-    """CPU seconds of a process's main thread (the server's event loop: its thread id is
-    the process id); the workers and gRPC's own threads are the rest."""
-    return cpu_seconds(pid, f"/proc/{pid}/task/{pid}/stat")
-
-
-def wait_until_idle(pid: int, limit_s: float, quiet_s: float = 0.5,
-                    busy: float = 0.10) -> float | None:
-    """Wait until the process uses under ``busy`` of a core for ``quiet_s`` (a server that
-    has worked off its queues); the seconds waited, or None after ``limit_s``."""
-    start = time.monotonic()
-    while time.monotonic() - start < limit_s:
-        cpu0, t0 = cpu_seconds(pid), time.monotonic()
-        time.sleep(quiet_s)
-        if (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0) < busy:
-            return round(time.monotonic() - start, 2)
-    return None
-
-
-def scrape(info: dict) -> dict[tuple[str, str], dict]:
-    """The server's batch histograms (``/metrics``): per (histogram, batcher), the count,
-    the sum and the cumulative bucket counts."""
-    import urllib.request
-
-    url = f"http://127.0.0.1:{info['http_port']}/metrics"
-    return batch_histograms(urllib.request.urlopen(url, timeout=10).read().decode())
-
-
-def batch_histograms(text: str) -> dict[tuple[str, str], dict]:
-    """``scrape``'s parsing of a Prometheus text page."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    out: dict[tuple[str, str], dict] = {}
-    for family in text_string_to_metric_families(text):
-        if family.name not in BATCH_HISTOGRAMS:
-            continue
-        for sample in family.samples:
-            h = out.setdefault((family.name, sample.labels["encoder"]),
-                               {"count": 0.0, "sum": 0.0, "buckets": {}})
-            if sample.name.endswith("_bucket"):
-                h["buckets"][float(sample.labels["le"])] = sample.value
-            elif sample.name.endswith("_count"):
-                h["count"] = sample.value
-            elif sample.name.endswith("_sum"):
-                h["sum"] = sample.value
-    return out
-
-
-BATCH_HISTOGRAMS = {"vrkn_encoder_batch_size": "size", "vrkn_batch_wait_seconds": "wait_ms",
-                    "vrkn_encoder_seconds": "compute_ms", "vrkn_batch_return_seconds":
-                    "return_ms"}
-
-
-def batch_profile(before: dict, after: dict) -> list[dict]:
-    """Per batcher over the fleet phase: batches, their mean size, and the mean and p90
-    (the upper edge of the bucket that holds it) of the wait before compute, the compute,
-    and the return to the loop, in ms."""
-    rows: dict[str, dict] = {}
-    for (name, batcher), h in after.items():
-        b = before.get((name, batcher), {"count": 0.0, "sum": 0.0, "buckets": {}})
-        n = h["count"] - b["count"]
-        if n <= 0:
-            continue
-        key, scale = BATCH_HISTOGRAMS[name], (1 if name.endswith("size") else 1e3)
-        row = rows.setdefault(batcher, {"batcher": batcher, "batches": int(n)})
-        row[f"{key}_mean"] = round((h["sum"] - b["sum"]) / n * scale, 3)
-        cum = sorted((le, v - b["buckets"].get(le, 0.0)) for le, v in h["buckets"].items())
-        row[f"{key}_p90_le"] = next((le * scale for le, v in cum if v >= 0.9 * n), None)
-    return sorted(rows.values(), key=lambda r: r["batcher"])
 
 
 def default_detail(bundle: Path) -> BeliefDetail:
@@ -367,11 +241,7 @@ def main() -> None:
     p.add_argument("--idle-limit-s", type=float, default=120.0,
                    help="before saturation: wait this long for the server to go idle, "
                         "then restart it")
-    p.add_argument("--echo-server", metavar="PORT_FILE", help=argparse.SUPPRESS)
-    p.add_argument("--echo-latent", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.echo_server:
-        return echo_server(args.echo_server, args.echo_latent)
     if args.bundle is not None:
         service.use_bundle_sizes(args.bundle)
     load_before = os.getloadavg()
