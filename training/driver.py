@@ -80,9 +80,30 @@ def _row(obs: Obs, index: int) -> dict[str, np.ndarray]:
     return {k: v[index] for k, v in obs.items()}
 
 
+def env_actions(act_space: Any, action_dim: int) -> Callable[[np.ndarray], np.ndarray]:
+    """The policies' unit actions ``[-1, 1]`` (what the world model and the replay hold)
+    -> the environment's bounds (``server.runtime.actions.from_unit``, the conversion the
+    service applies too). The identity for ``[-1, 1]`` bounds (the DMC suite); ValueError
+    for bounds a tanh actor cannot reach (missing or infinite)."""
+    from server.runtime.actions import from_unit
+
+    bounds = [getattr(act_space, "low", None), getattr(act_space, "high", None)]
+    if any(b is None for b in bounds):
+        raise ValueError("the environment's action space has no bounds: the actor acts in "
+                         "[-1, 1] and needs finite bounds to scale to")
+    low, high = (np.broadcast_to(np.asarray(b, np.float32), (action_dim,)) for b in bounds)
+    if np.array_equal(low, -np.ones(action_dim)) and np.array_equal(high, np.ones(action_dim)):
+        return lambda unit: unit
+    from_unit(np.zeros(action_dim), low, high)  # ValueError now for infinite bounds
+    return lambda unit: from_unit(unit, low, high)
+
+
 def run_episodes(envs: Envs, policy: Callable[[Obs], np.ndarray], action_dim: int
                  ) -> list[Episode]:
-    """One episode per environment (all started together); policy sees stacked obs."""
+    """One episode per environment (all started together); policy sees stacked obs. The
+    policy acts in unit range, the episodes record that, the environments get their own
+    units (``env_actions``)."""
+    to_env = env_actions(envs.act_space, action_dim)
     policy_reset = getattr(policy, "reset", None)
     if policy_reset is not None:
         policy_reset()
@@ -99,7 +120,7 @@ def run_episodes(envs: Envs, policy: Callable[[Obs], np.ndarray], action_dim: in
                              f"{(n, action_dim)}")
         for i in np.flatnonzero(~done):
             builders[i].set_action(actions[i])
-        obs = envs.step(actions)
+        obs = envs.step(to_env(actions))
         for i in np.flatnonzero(~done):
             builders[i].add(_row(obs, i))
             done[i] = bool(obs["is_last"][i])
