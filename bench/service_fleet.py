@@ -15,7 +15,7 @@ no state head) and a camera frame (PNG) every 4th period (12.5 Hz), for ``--seco
 - the floor: the same fleet, for ``--floor-seconds``, against the bare echo stream (its
   beliefs a latent mean and variance of the bundle's size): what the clients, gRPC and the
   shared cores cost before the server does anything; and the CPU per answered message of
-  the server and of the echo;
+  the server and of the echo, in the fleet and in saturation;
 - where the server's batches spent the fleet phase (its ``/metrics``): per batcher, the
   batches, their mean size, and the mean and p90 of the wait before compute (the batch
   before it, the worker's wake-up), the compute, and the return to the event loop;
@@ -157,6 +157,7 @@ async def saturation_stream(stub, sid: str, job: Job, part: Part, stop_at: float
     async def reader():
         while (ack := await call.read()) is not grpc.aio.EOF:
             part.errors += ack.HasField("error")
+            part.answered += 1
             if time.perf_counter() < stop_at:
                 part.saturation += 1
             credit.release()
@@ -271,15 +272,19 @@ def main() -> None:
                 proc.wait(30)
                 proc, info = service.start_server(bundle, tmp, *args.server_arg)
                 target = f"127.0.0.1:{info['grpc_port']}"
+            sat0 = cpu_seconds(proc.pid)
             sat, sat_cpu = run_clients(pool, target, args.sessions, args.clients,
                                        "saturation", args.sat_seconds, **common)
+            sat_server_s = cpu_seconds(proc.pid) - sat0
             echo0 = cpu_seconds(echo.pid)
             floor, floor_cpu = run_clients(pool, echo_target, args.sessions, args.clients,
                                            "fleet", args.floor_seconds, **common,
                                            detail=int(detail))
             echo_cpu = (cpu_seconds(echo.pid) - echo0) / (args.floor_seconds + 3.0)
+            bare0 = cpu_seconds(echo.pid)
             bare, bare_cpu = run_clients(pool, echo_target, args.sessions, args.clients,
                                          "saturation", args.sat_seconds, **common)
+            sat_echo_s = cpu_seconds(echo.pid) - bare0
         finally:
             for pr in (proc, echo):
                 pr.terminate()
@@ -313,6 +318,11 @@ def main() -> None:
                                            / max(fleet.answered, 1), 3),
         "echo_cpu_ms_per_message": round(1e3 * echo_cpu * (args.floor_seconds + 3.0)
                                          / max(floor.answered, 1), 3),
+        # saturation: CPU seconds of the whole phase per message answered in it
+        "saturation_server_cpu_ms_per_message": round(1e3 * sat_server_s
+                                                      / max(sat.answered, 1), 3),
+        "saturation_echo_cpu_ms_per_message": round(1e3 * sat_echo_s
+                                                    / max(bare.answered, 1), 3),
         "client_cpu": {"fleet": fleet_cpu, "saturation": sat_cpu, "bare": bare_cpu,
                        "floor": floor_cpu},
     }
