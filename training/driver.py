@@ -83,8 +83,8 @@ def _row(obs: Obs, index: int) -> dict[str, np.ndarray]:
 def env_actions(act_space: Any, action_dim: int) -> Callable[[np.ndarray], np.ndarray]:
     """The policies' unit actions ``[-1, 1]`` (what the world model and the replay hold)
     -> the environment's bounds (``server.runtime.actions.from_unit``, the conversion the
-    service applies too). The identity for ``[-1, 1]`` bounds (the DMC suite); ValueError
-    for bounds a tanh actor cannot reach (missing or infinite)."""
+    service applies too; for ``[-1, 1]`` bounds, the DMC suite's, it changes no value).
+    ValueError for bounds a tanh actor cannot reach (missing or infinite)."""
     from server.runtime.actions import from_unit
 
     bounds = [getattr(act_space, "low", None), getattr(act_space, "high", None)]
@@ -92,8 +92,6 @@ def env_actions(act_space: Any, action_dim: int) -> Callable[[np.ndarray], np.nd
         raise ValueError("the environment's action space has no bounds: the actor acts in "
                          "[-1, 1] and needs finite bounds to scale to")
     low, high = (np.broadcast_to(np.asarray(b, np.float32), (action_dim,)) for b in bounds)
-    if np.array_equal(low, -np.ones(action_dim)) and np.array_equal(high, np.ones(action_dim)):
-        return lambda unit: unit
     from_unit(np.zeros(action_dim), low, high)  # ValueError now for infinite bounds
     return lambda unit: from_unit(unit, low, high)
 
