@@ -1,7 +1,7 @@
 """Training acts in unit range and the environment gets its own bounds
 (``training.driver.run_episodes``): a task with bounds [0, 4] x [-3, -1] receives
 ``centre + unit * half``, the episode (what the world model learns from) keeps the unit
-action, [-1, 1] bounds change no bit of it, and bounds a tanh actor
+action, [-1, 1] bounds change no value of it, and bounds a tanh actor
 cannot reach are refused before any step. Exact comparisons (float32 arithmetic of the
 same conversion; the hand-computed values are exact in float32)."""
 
@@ -59,10 +59,11 @@ def test_the_environment_gets_its_bounds_and_the_episode_keeps_unit_actions():
     assert episode["action"][:3].tolist() == [[-1.0, 0.5]] * 3
 
 
-def test_unit_bounds_change_no_bit_of_the_policy_action():
+def test_unit_bounds_change_no_value_of_the_policy_action():
     to_env = env_actions(ArraySpace((2,), np.dtype(np.float32), -1.0, 1.0), 2)
     rng = np.random.default_rng(0)
     unit = rng.uniform(-1, 1, (64, 2)).astype(np.float32)
+    # bit-equal (these draws hold no -0.0, which 0 + u * 1 turns into +0.0)
     assert to_env(unit).dtype == np.float32 and to_env(unit).tobytes() == unit.tobytes()
     task = BoundedTask(-1.0, 1.0)
     run_episodes(LocalEnvs([task]), _policy, 2)
